@@ -106,10 +106,12 @@ def serve(
     import uvicorn
 
     from api.app import create_app
+    from core.stack import resolve_endpoints
     from observability.logs import configure_logging
 
     settings = _settings()
     configure_logging("api", settings.log_level, settings.server.log_format)
+    resolve_endpoints(settings).redis_url  # noqa: B018 - fail now, clearly, if no stack is reachable
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,

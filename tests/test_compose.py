@@ -20,7 +20,9 @@ COMPOSE_MODULE = "github.com/docker/compose/v2"
 
 def _compose_works(env: dict[str, str]) -> bool:
     try:
-        return subprocess.run(["docker", "compose", "version"], env=env, capture_output=True, timeout=60).returncode == 0
+        return (
+            subprocess.run(["docker", "compose", "version"], env=env, capture_output=True, timeout=60).returncode == 0
+        )
     except FileNotFoundError:
         return False
 
@@ -39,7 +41,10 @@ def compose_env() -> Iterator[dict[str, str]]:
     if not plugin.is_file():
         info = subprocess.run(
             ["go", "mod", "download", "-json", f"{COMPOSE_MODULE}@{COMPOSE_VERSION}"],
-            capture_output=True, text=True, check=True, timeout=900,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
         )
         source = Path(json.loads(info.stdout)["Dir"])
         build_dir = config_dir / "src"
@@ -49,7 +54,10 @@ def compose_env() -> Iterator[dict[str, str]]:
             path.chmod(path.stat().st_mode | 0o200)
         plugin.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["go", "build", "-o", str(plugin), "./cmd"], cwd=build_dir, check=True, timeout=1800,
+            ["go", "build", "-o", str(plugin), "./cmd"],
+            cwd=build_dir,
+            check=True,
+            timeout=1800,
             env={**env, "CGO_ENABLED": "0"},
         )
         shutil.rmtree(build_dir)
@@ -69,15 +77,23 @@ def test_compose_file_is_valid_with_the_example_env(compose_env: dict[str, str],
     shutil.copy(REPO / ".env.example", compose_dir / ".env")
     for profile in ([], ["--profile", "local-llm"]):
         result = subprocess.run(
-            ["docker", "compose", *profile, "config", "-q"], cwd=compose_dir, env=compose_env,
-            capture_output=True, text=True, timeout=120,
+            ["docker", "compose", *profile, "config", "-q"],
+            cwd=compose_dir,
+            env=compose_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
 
 
 def test_compose_refuses_to_start_without_secrets(compose_env: dict[str, str], compose_dir: Path) -> None:
     result = subprocess.run(
-        ["docker", "compose", "config", "-q"], cwd=compose_dir, env=compose_env, capture_output=True, text=True,
+        ["docker", "compose", "config", "-q"],
+        cwd=compose_dir,
+        env=compose_env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert result.returncode != 0
@@ -89,8 +105,13 @@ def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
 ) -> None:
     shutil.copy(REPO / ".env.example", compose_dir / ".env")
     result = subprocess.run(
-        ["docker", "compose", "--profile", "local-llm", "config", "--format", "json"], cwd=compose_dir,
-        env=compose_env, capture_output=True, text=True, timeout=120, check=True,
+        ["docker", "compose", "--profile", "local-llm", "config", "--format", "json"],
+        cwd=compose_dir,
+        env=compose_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     services = json.loads(result.stdout)["services"]
     for name, service in services.items():

@@ -60,6 +60,26 @@ def _exclusive(data_dir: Path) -> Iterator[None]:
         handle.close()
 
 
+@contextmanager
+def _startup_turn(cache_dir: Path, console: Console) -> Iterator[None]:
+    """One `up` at a time chooses ports and starts services on this machine.
+
+    A port is only taken once its service binds it, so two stacks starting at once
+    could both pick the same free port; taking turns closes that window.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / "startup.lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with console.status("waiting for another `orchestrion up` on this machine to finish starting…"):
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Stack:
     def __init__(self, settings: Settings, console: Console) -> None:
         self.settings = settings
@@ -75,7 +95,8 @@ class Stack:
         try:
             with _exclusive(data_dir):
                 try:
-                    self._start_all()
+                    with _startup_turn(self.settings.cache_dir, self.console):
+                        self._start_all()
                     StackRecord(os.getpid(), str(data_dir), self.urls, {p.name: p.pid for p in self.processes}).write(
                         data_dir
                     )

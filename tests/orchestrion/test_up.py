@@ -159,7 +159,7 @@ def test_killed_launcher_takes_its_children_with_it(tmp_path: Path) -> None:
 
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "ORCHESTRION_DATA_DIR": str(tmp_path / "empty")}
-    for command in (["mcp"], ["worker"], ["status"]):
+    for command in (["mcp"], ["worker"], ["serve"], ["status"]):
         result = subprocess.run(
             [sys.executable, "-m", "orchestrion", *command], env=env, capture_output=True, text=True, timeout=60
         )
