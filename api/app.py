@@ -8,15 +8,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.documents import router as documents_router
+from api.errors import install_error_handlers
 from core.settings import Settings
 from core.stack import resolve_endpoints
-from mcp_servers.ping import build_server, orchestrion_version
+from mcp_servers.context import ServerDeps
+from mcp_servers.ping import orchestrion_version
+from mcp_servers.server import build_server
 from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
 from observability.metrics import render_latest
 from observability.tracing import init_tracing
@@ -51,24 +56,41 @@ class MetricsMiddleware:
             HTTP_LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
 
 
+def public_url(settings: Settings) -> str:
+    if settings.server.public_url:
+        return settings.server.public_url.rstrip("/")
+    host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
+    return f"http://{host}:{settings.server.port}"
+
+
 def create_app(settings: Settings) -> FastAPI:
     endpoints = resolve_endpoints(settings)
-    mcp = build_server()
+    deps = ServerDeps()
+    mcp = build_server("all", settings, deps, http_base_url=public_url(settings), own_lifespan=False)
     mcp_app = mcp.streamable_http_app(streamable_http_path="/mcp", host=settings.server.host)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from workers.client import open_rag_with_queue
+
         tracing = init_tracing(settings, "api")
         state["redis"] = aioredis.Redis.from_url(endpoints.redis_url, socket_timeout=2)
         state["queues"] = _queue_depth_registry(settings, endpoints.redis_url)
-        async with mcp.session_manager.run():
-            yield
-        await state["redis"].aclose()
-        tracing.shutdown()
+        app.state.rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings)
+        deps.rag = app.state.rag
+        try:
+            async with mcp.session_manager.run():
+                yield
+        finally:
+            app.state.rag.close()
+            await state["redis"].aclose()
+            tracing.shutdown()
 
     app = FastAPI(title="Orchestrion", version=orchestrion_version(), lifespan=lifespan)
     app.add_middleware(MetricsMiddleware)
+    install_error_handlers(app)
+    app.include_router(documents_router)
 
     @app.get("/healthz", summary="Liveness and the reachability of Redis")
     async def healthz() -> JSONResponse:

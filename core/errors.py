@@ -17,3 +17,27 @@ class StackNotRunningError(OrchestrionError):
 
 class ServiceStartError(OrchestrionError):
     """A service of the embedded stack could not be built or started."""
+
+
+class InvalidInputError(OrchestrionError):
+    """The caller sent something we cannot accept; the message says what and why."""
+
+
+class NotFoundError(OrchestrionError):
+    """The thing asked for does not exist for this caller (another tenant's things never exist)."""
+
+
+class BusyError(OrchestrionError):
+    """Accepted work is backed up; the caller should retry after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AuthenticationError(OrchestrionError):
+    """Missing or unknown credentials."""
+
+
+class EmbeddingMismatchError(OrchestrionError):
+    """Stored vectors were made by another embedding model than this process uses."""

@@ -134,16 +134,49 @@ class ServerSettings(BaseModel):
     port: int = Field(
         default=8400, ge=0, le=65535, description="API port (MCP is served under /mcp). 0 picks a free one."
     )
+    public_url: str | None = Field(
+        default=None, description="URL clients reach the API at (behind a proxy); default http://host:port."
+    )
     mcp_port: int = Field(
         default=8401, ge=0, le=65535, description="Port of a standalone `orchestrion mcp serve --http`."
     )
     log_format: Literal["json", "console"] = Field(default="json", description="Server log format.")
 
 
+class RagSettings(BaseModel):
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="Embedding model: the bundled local all-MiniLM-L6-v2, or a model of embedding_base_url.",
+    )
+    embedding_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible /v1 base URL for embeddings; unset: the local model."
+    )
+    embedding_api_key: SecretStr | None = Field(default=None, description="API key for embedding_base_url.")
+    embedding_dimension: int | None = Field(
+        default=None, ge=1, description="Vector size of a remote embedding model (asked from the endpoint if unset)."
+    )
+    embed_batch_size: int = Field(default=32, ge=1, le=2048, description="Texts per embedding call.")
+    embedding_cache_ttl_s: int = Field(default=30 * 24 * 3600, ge=0, description="Embedding cache lifetime; 0 = none.")
+    chunk_tokens: int = Field(default=200, ge=16, description="Target chunk size in embedding-model tokens.")
+    chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
+    max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest document accepted.")
+    ingest_queue_limit: int = Field(
+        default=1000, ge=1, description="Ingest queue depth beyond which submissions are told to retry later."
+    )
+    job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
+    progress_wait_s: float = Field(
+        default=60.0, ge=0, description="How long MCP ingest_documents reports progress before returning job ids."
+    )
+
+
 class TenantsSettings(BaseModel):
     default: str = Field(default="default", description="Tenant of local callers (stdio MCP, the CLI).")
     tokens_file: Path | None = Field(
         default=None, description="Bearer token -> tenant map; default <data_dir>/tenants.json."
+    )
+    static_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra bearer token -> tenant pairs (e.g. from a secret store), beside the tokens file.",
     )
 
 
@@ -206,6 +239,7 @@ class Settings(BaseSettings):
     langfuse: LangfuseSettings = Field(default_factory=LangfuseSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     tenants: TenantsSettings = Field(default_factory=TenantsSettings)
+    rag: RagSettings = Field(default_factory=RagSettings)
 
     @field_validator("celery")
     @classmethod
@@ -217,6 +251,13 @@ class Settings(BaseSettings):
             )
         if value.task_soft_time_limit_s >= value.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        return value
+
+    @field_validator("rag")
+    @classmethod
+    def _overlap_below_chunk(cls, value: RagSettings) -> RagSettings:
+        if value.chunk_overlap_tokens >= value.chunk_tokens:
+            raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
         return value
 
     @classmethod

@@ -26,13 +26,3 @@ def add_ping_tool(server: MCPServer) -> None:
     @server.tool(name="ping", description="Check that Orchestrion's MCP endpoint answers; echoes a message.")
     def ping(message: str = Field(default="", max_length=1000, description="Text to echo back.")) -> Pong:
         return Pong(pong=True, server=server.name, version=orchestrion_version(), echo=message)
-
-
-def build_server() -> MCPServer:
-    server: MCPServer = MCPServer(
-        name="orchestrion",
-        version=orchestrion_version(),
-        instructions="Orchestrion: multi-agent orchestration over MCP. Tools: ping.",
-    )
-    add_ping_tool(server)
-    return server

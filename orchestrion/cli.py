@@ -124,29 +124,32 @@ def serve(
 @app.command("mcp")
 @_clear_errors
 def mcp_command(
-    server: Annotated[str, typer.Argument(help="Which MCP server: all (every Orchestrion tool).")] = "all",
-    http: Annotated[bool, typer.Option("--http", help="Serve streamable HTTP instead of stdio.")] = False,
+    server: Annotated[str, typer.Argument(help="Which MCP server: all, retrieval or ingest.")] = "all",
+    http: Annotated[
+        bool, typer.Option("--http", help="Serve streamable HTTP (bearer tokens) instead of stdio.")
+    ] = False,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: ORCHESTRION_SERVER__MCP_PORT).")] = None,
 ) -> None:
-    """Run an MCP server over stdio (for Claude Desktop) or streamable HTTP (for IDEs)."""
+    """Run an MCP server over stdio (Claude Desktop; the local default tenant) or streamable HTTP (IDEs)."""
     import anyio
 
-    from core.errors import ConfigurationError
     from core.stack import resolve_endpoints
-    from mcp_servers.ping import build_server
+    from mcp_servers.context import ServerDeps
+    from mcp_servers.server import build_server
     from observability.logs import configure_logging
 
-    if server != "all":
-        raise ConfigurationError(f"unknown MCP server {server!r}: choose from all")
     settings = _settings()
     configure_logging("mcp", settings.log_level, settings.server.log_format)  # stderr: stdout is the protocol
     resolve_endpoints(settings).redis_url  # noqa: B018 - fail now, clearly, if no stack is reachable
-    mcp = build_server()
     if http:
-        anyio.run(
-            lambda: mcp.run_streamable_http_async(host=settings.server.host, port=port or settings.server.mcp_port)
-        )
+        chosen = port or settings.server.mcp_port
+        host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
+        base = settings.server.public_url or f"http://{host}:{chosen}"
+        mcp = build_server(server, settings, ServerDeps(), http_base_url=base, own_lifespan=True)
+        anyio.run(lambda: mcp.run_streamable_http_async(host=settings.server.host, port=chosen))
     else:
+        deps = ServerDeps(local_tenant=settings.tenants.default)
+        mcp = build_server(server, settings, deps, http_base_url=None, own_lifespan=True)
         anyio.run(mcp.run_stdio_async)
 
 
@@ -176,6 +179,8 @@ def config() -> None:
 
 
 def main() -> None:
+    import orchestrion.cli_knowledge  # noqa: F401 - registers its commands on `app`
+
     try:
         app()
     except KeyboardInterrupt:

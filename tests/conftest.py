@@ -22,8 +22,10 @@ from rich.console import Console
 from core.settings import Settings
 from orchestrion.launcher import services
 from orchestrion.launcher.ports import PortBook
+from orchestrion.launcher.process import ManagedProcess
 from orchestrion.launcher.supervisor import launch
 from tests.otlp_receiver import OtlpReceiver
+from rag.services import RagServices
 from workers.app import create_celery_app, worker_answers
 
 CONSOLE = Console(stderr=True)
@@ -102,31 +104,50 @@ class WorkerHandle:
 
 
 @pytest.fixture(scope="session")
-def celery_worker(valkey: str, services_dir: Path, otlp: OtlpReceiver) -> Iterator[WorkerHandle]:
-    """A real `orchestrion worker` process; its spans go to the session's OTLP receiver."""
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
-    data_dir = services_dir / "worker"
-    metrics_port = free_port()
-    env = {
+def stack_env(valkey: str, weaviate: dict[str, str], services_dir: Path, otlp: OtlpReceiver) -> dict[str, str]:
+    """Environment of our own processes in this session: real services, a key prefix of their own."""
+    return {
         **os.environ,
         "REDIS_URL": valkey,
-        "ORCHESTRION_DATA_DIR": str(data_dir),
-        "ORCHESTRION_REDIS__KEY_PREFIX": prefix,
-        "ORCHESTRION_CELERY__METRICS_PORT": str(metrics_port),
+        "WEAVIATE_URL": weaviate["weaviate_url"],
+        "ORCHESTRION_WEAVIATE__GRPC_URL": weaviate["weaviate_grpc"],
+        "ORCHESTRION_DATA_DIR": str(services_dir / "app"),
+        "ORCHESTRION_REDIS__KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
         "ORCHESTRION_LANGFUSE__OTLP_ENDPOINT": f"{otlp.url}/v1/traces",
     }
-    settings = Settings(data_dir=data_dir, redis={"url": valkey, "key_prefix": prefix})
-    app = create_celery_app(settings, valkey)
-    hostname = f"{prefix}@localhost"
+
+
+def settings_from(env: dict[str, str]) -> Settings:
+    """The Settings the processes started with `env` see."""
+    return Settings(
+        data_dir=Path(env["ORCHESTRION_DATA_DIR"]),
+        redis={"url": env["REDIS_URL"], "key_prefix": env["ORCHESTRION_REDIS__KEY_PREFIX"]},
+        weaviate={"url": env["WEAVIATE_URL"], "grpc_url": env["ORCHESTRION_WEAVIATE__GRPC_URL"]},
+    )
+
+
+def start_worker(env: dict[str, str], log_dir: Path, concurrency: int = 2) -> tuple[ManagedProcess, WorkerHandle]:
+    """A real `orchestrion worker` process with `env`; returns it once it answers pings."""
+    settings = settings_from(env)
+    metrics_port = free_port()
+    app = create_celery_app(settings, env["REDIS_URL"])
+    hostname = f"{env['ORCHESTRION_REDIS__KEY_PREFIX']}-{uuid.uuid4().hex[:4]}@localhost"
     spec = services.ServiceSpec(
-        name="worker",
-        argv=[sys.executable, "-m", "orchestrion", "worker", "--hostname", hostname, "--concurrency", "2"],
-        env=env,
+        name=f"worker-{hostname.split('@')[0]}",
+        argv=[sys.executable, "-m", "orchestrion", "worker", "--hostname", hostname, "--concurrency", str(concurrency)],
+        env={**env, "ORCHESTRION_CELERY__METRICS_PORT": str(metrics_port)},
         healthy=lambda: worker_answers(app, hostname),
         start_timeout_s=90.0,
     )
-    process = launch(spec, services_dir / "logs", CONSOLE)
-    yield WorkerHandle(settings, app, hostname, f"http://127.0.0.1:{metrics_port}/metrics", valkey)
+    process = launch(spec, log_dir, CONSOLE)
+    return process, WorkerHandle(settings, app, hostname, f"http://127.0.0.1:{metrics_port}/metrics", env["REDIS_URL"])
+
+
+@pytest.fixture(scope="session")
+def celery_worker(stack_env: dict[str, str], services_dir: Path) -> Iterator[WorkerHandle]:
+    """The session's real `orchestrion worker`; its spans go to the session's OTLP receiver."""
+    process, handle = start_worker(stack_env, services_dir / "logs")
+    yield handle
     process.stop()
 
 
@@ -134,3 +155,47 @@ def celery_worker(valkey: str, services_dir: Path, otlp: OtlpReceiver) -> Iterat
 def key_prefix() -> str:
     """A Redis key prefix of this test's own."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def rag(stack_env: dict[str, str], celery_worker: WorkerHandle) -> Iterator[RagServices]:
+    """RAG services wired as the API wires them; their ingest jobs run on the session's worker."""
+    from workers.client import open_rag_with_queue
+
+    services_, _queue = open_rag_with_queue(settings_from(stack_env))
+    yield services_
+    services_.close()
+
+
+@pytest.fixture
+def tenant(rag: RagServices) -> str:
+    """A freshly provisioned tenant of this test's own."""
+    from orchestrion.knowledge import provision
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    provision(rag, name)
+    return name
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    url: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def api_server(stack_env: dict[str, str], celery_worker: WorkerHandle, services_dir: Path) -> Iterator[ApiServer]:
+    """A real `orchestrion serve` process (HTTP API and MCP at /mcp) on the session's services."""
+    port = free_port()
+    env = {**stack_env, "ORCHESTRION_SERVER__PORT": str(port)}
+    url = f"http://127.0.0.1:{port}"
+    spec = services.ServiceSpec(
+        name="api",
+        argv=[sys.executable, "-m", "orchestrion", "serve"],
+        env=env,
+        healthy=services.http_ok(f"{url}/healthz"),
+        start_timeout_s=120.0,
+    )
+    process = launch(spec, services_dir / "logs", CONSOLE)
+    yield ApiServer(url, env)
+    process.stop()

@@ -13,6 +13,7 @@ TASK_ROUTES = {
     "orchestrion.runs.*": {"queue": "runs"},
 }
 DEFAULT_QUEUE = "default"
+INGEST_TASK = "orchestrion.ingest.document"
 
 
 def create_celery_app(settings: Settings, redis_url: str) -> Celery:

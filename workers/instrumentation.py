@@ -65,8 +65,9 @@ def _inject_trace_headers(headers: dict[str, Any] | None = None, **_: Any) -> No
 
 
 def instrument_producer() -> None:
-    """Any process that sends tasks: its current trace goes along in the message headers."""
-    signals.before_task_publish.connect(_inject_trace_headers, weak=False)
+    """Any process that sends tasks: its current trace goes along in the message headers.
+    Connecting twice is harmless: Celery keys receivers by identity."""
+    signals.before_task_publish.connect(_inject_trace_headers, weak=False, dispatch_uid="orchestrion-trace")
 
 
 def instrument_worker(app: Celery, settings: Settings) -> None:

@@ -2,14 +2,50 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import httpx
+import redis
 from celery import Task, shared_task
+from weaviate.exceptions import WeaviateBaseError
 
 from observability.propagation import current_trace_id
+from workers.app import INGEST_TASK
+
+log = logging.getLogger(__name__)
+# Worth another try: the service may be back in a moment. Deliberate errors (bad input,
+# unknown tenant) are recorded on the job by the pipeline instead and never retried.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, WeaviateBaseError, httpx.TransportError, ConnectionError)
 
 
 @shared_task(name="orchestrion.ping", bind=True)  # type: ignore[untyped-decorator]
 def ping(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
     """Echo: proves broker, worker, result backend and trace propagation end to end."""
     return {"echo": payload, "worker": self.request.hostname, "trace_id": current_trace_id()}
+
+
+class _IngestTask(Task):  # type: ignore[misc]
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        from workers.process import rag_services
+
+        job_id = args[0]
+        jobs = rag_services().jobs
+        status = jobs.load(job_id)
+        jobs.update(status, state="failed", error=f"gave up after retries: {type(exc).__name__}: {exc}")
+
+
+@shared_task(
+    name=INGEST_TASK,
+    base=_IngestTask,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=6,
+)  # type: ignore[untyped-decorator]
+def ingest_document(job_id: str) -> dict[str, Any]:
+    from workers.process import rag_services
+
+    status = rag_services().ingest.run(job_id)
+    return {"job_id": job_id, "state": status.state.value}

@@ -30,7 +30,7 @@ class ServiceSpec:
     summary: str = ""
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def http_ok(url: str) -> Callable[[], bool]:
     def check() -> bool:
         try:
             return httpx.get(url, timeout=2.0).status_code == 200
@@ -99,6 +99,7 @@ def weaviate_spec(settings: Settings, ports: PortBook, console: Console) -> Serv
         "DEFAULT_VECTORIZER_MODULE": "none",
         "ENABLE_MODULES": "",
         "QUERY_DEFAULTS_LIMIT": "20",
+        "QUERY_MAXIMUM_RESULTS": "100000",  # a 10 MB document can hold over 10,000 chunks
         "CLUSTER_HOSTNAME": "orchestrion",
         "CLUSTER_IN_LOCALHOST": "true",
         "CLUSTER_GOSSIP_BIND_PORT": str(ports.prefer("weaviate_gossip")),
@@ -118,7 +119,7 @@ def weaviate_spec(settings: Settings, ports: PortBook, console: Console) -> Serv
         "weaviate",
         argv,
         env,
-        _http_ok(f"{url}/v1/.well-known/ready"),
+        http_ok(f"{url}/v1/.well-known/ready"),
         {"weaviate_url": url, "weaviate_grpc": f"{LOOPBACK}:{grpc}"},
         120.0,
         f"Weaviate {url} (gRPC {LOOPBACK}:{grpc}), data in {settings.data_dir / 'weaviate'}",
@@ -159,7 +160,7 @@ def llm_spec(settings: Settings, ports: PortBook, console: Console) -> ServiceSp
         "llm",
         argv,
         dict(os.environ),
-        _http_ok(f"{base}/models"),
+        http_ok(f"{base}/models"),
         {"llm_base_url": base},
         120.0,
         f"llama.cpp OpenAI-compatible server {base} serving {Path(model).name}",
@@ -211,7 +212,7 @@ def api_spec(settings: Settings, ports: PortBook, urls: dict[str, str]) -> Servi
         "api",
         argv,
         env,
-        _http_ok(f"{api}/healthz"),
+        http_ok(f"{api}/healthz"),
         {"api_url": api, "mcp_url": f"{api}/mcp"},
         60.0,
         f"HTTP API {api} (/healthz, /metrics, /docs) and MCP {api}/mcp",

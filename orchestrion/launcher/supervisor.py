@@ -87,6 +87,7 @@ class Stack:
         self.processes: list[ManagedProcess] = []
         self.urls: dict[str, str] = {}
         self.summaries: list[tuple[str, str]] = []
+        self.token = ""
 
     def run(self, *, exit_when_ready: bool = False) -> None:
         """Bring everything up, then wait for Ctrl-C or SIGTERM (or return at once with `exit_when_ready`)."""
@@ -97,6 +98,9 @@ class Stack:
                 try:
                     with _startup_turn(self.settings.cache_dir, self.console):
                         self._start_all()
+                    from orchestrion.demo import first_run
+
+                    self.token = first_run(self.settings, self.urls["api_url"], self.console)
                     StackRecord(os.getpid(), str(data_dir), self.urls, {p.name: p.pid for p in self.processes}).write(
                         data_dir
                     )
@@ -178,7 +182,10 @@ class Stack:
         self.console.print(
             f"data dir {self.settings.data_dir} · service URLs in {self.settings.data_dir / 'stack.json'}"
         )
-        self.console.print(f"IDE / MCP over HTTP: {self.urls['mcp_url']}")
+        self.console.print(f"IDE / MCP over HTTP: {self.urls['mcp_url']}  (Authorization: Bearer {self.token})")
+        self.console.print(
+            f"  tenant {self.settings.tenants.default!r}; token kept in {self.settings.data_dir / 'local-token'}"
+        )
         self.console.print("Claude Desktop (claude_desktop_config.json), MCP over stdio:")
         self.console.print_json(json.dumps(claude_desktop_snippet(self.settings)))
 

@@ -1,0 +1,112 @@
+"""Retrieval tools: search, read one document, list documents. The tenant is the caller's."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Literal
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel, Field
+
+from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from rag.filters import FilterSpec
+from rag.search import SearchRequest, search
+
+
+class Hit(BaseModel):
+    text: str
+    score: float
+    doc_id: str
+    source: str
+    title: str
+    heading_path: list[str]
+    chunk_index: int
+    doc_type: str
+    tags: list[str]
+
+
+class SearchResults(BaseModel):
+    hits: list[Hit] = Field(description="Best first; each carries what a citation needs.")
+
+
+class Document(BaseModel):
+    doc_id: str
+    title: str
+    source: str
+    doc_type: str
+    tags: list[str]
+    metadata: dict[str, Any]
+    chunk_count: int
+    ingested_at: str
+
+
+class DocumentChunks(BaseModel):
+    document: Document
+    chunks: list[Hit] = Field(description="Every chunk of the document, in order.")
+
+
+class DocumentPage(BaseModel):
+    documents: list[Document]
+    next_cursor: str | None = Field(description="Pass to get the next page; null on the last page.")
+
+
+def add_retrieval_tools(server: MCPServer, deps: ServerDeps) -> None:
+    @server.tool(description="Search the caller's documents; returns cited chunks (vector, keyword or hybrid).")
+    async def search_documents(
+        query: str = Field(min_length=1, max_length=2000, description="What to look for."),
+        mode: Literal["hybrid", "vector", "keyword"] = "hybrid",
+        k: int = Field(default=5, ge=1, le=50, description="How many chunks."),
+        alpha: float = Field(default=0.5, ge=0, le=1, description="Hybrid: 1 = all vector, 0 = all keyword."),
+        fusion: Literal["relative_score", "ranked"] = "relative_score",
+        filters: FilterSpec | None = Field(default=None, description="Metadata filter: condition, all or any."),
+        min_score: float | None = Field(default=None, description="Drop hits scoring below this."),
+    ) -> SearchResults:
+        with client_errors():
+            rag, tenant = deps.services(), caller_tenant(deps)
+            request = SearchRequest(
+                query=query, mode=mode, k=k, alpha=alpha, fusion=fusion, filters=filters, min_score=min_score
+            )
+            hits = await anyio.to_thread.run_sync(lambda: search(rag.store, rag.embedder, tenant, request))
+            return SearchResults(hits=[Hit(**asdict(h)) for h in hits])
+
+    @server.tool(description="All chunks of one of the caller's documents, in order, with its metadata.")
+    async def get_document(doc_id: str = Field(min_length=1, max_length=200)) -> DocumentChunks:
+        with client_errors():
+            rag, tenant = deps.services(), caller_tenant(deps)
+
+            def read() -> DocumentChunks:
+                info = rag.store.document(tenant, doc_id)
+                chunks = rag.store.document_chunks(tenant, doc_id)
+                return DocumentChunks(document=_document(asdict(info)), chunks=[Hit(**asdict(c)) for c in chunks])
+
+            return await anyio.to_thread.run_sync(read)
+
+    @server.tool(description="The caller's documents, a page at a time, ordered by doc_id.")
+    async def list_documents(
+        limit: int = Field(default=20, ge=1, le=200), cursor: str | None = Field(default=None)
+    ) -> DocumentPage:
+        with client_errors():
+            rag, tenant = deps.services(), caller_tenant(deps)
+            offset = _offset(cursor)
+            docs = await anyio.to_thread.run_sync(lambda: rag.store.list_documents(tenant, limit + 1, offset))
+            more = len(docs) > limit
+            return DocumentPage(
+                documents=[_document(asdict(d)) for d in docs[:limit]],
+                next_cursor=str(offset + limit) if more else None,
+            )
+
+
+def _document(data: dict[str, Any]) -> Document:
+    data.pop("content_hash", None)
+    return Document(**data)
+
+
+def _offset(cursor: str | None) -> int:
+    from core.errors import InvalidInputError
+
+    if cursor is None:
+        return 0
+    if not cursor.isdigit():
+        raise InvalidInputError(f"invalid cursor {cursor!r}: pass back the next_cursor of the previous page")
+    return int(cursor)

@@ -1,0 +1,64 @@
+"""Assemble the MCP servers: retrieval, ingest, or all of them on one endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+from core.errors import ConfigurationError
+from core.settings import Settings
+from core.tenancy import tenant_registry
+from mcp_servers.auth import RegistryTokenVerifier, auth_settings
+from mcp_servers.context import ServerDeps
+from mcp_servers.ingest import add_ingest_tools
+from mcp_servers.ping import add_ping_tool, orchestrion_version
+from mcp_servers.retrieval import add_retrieval_tools
+
+SERVERS = ("all", "retrieval", "ingest")
+
+
+def build_server(
+    which: str, settings: Settings, deps: ServerDeps, *, http_base_url: str | None, own_lifespan: bool
+) -> MCPServer:
+    """`http_base_url` set: bearer auth against the tenant registry. `own_lifespan`: the server opens
+    the RAG services itself (standalone); otherwise its host (the API server) fills `deps`."""
+    if which not in SERVERS:
+        raise ConfigurationError(f"unknown MCP server {which!r}: choose from {', '.join(SERVERS)}")
+    auth: dict[str, Any] = {}
+    if http_base_url is not None:
+        auth = {
+            "token_verifier": RegistryTokenVerifier(tenant_registry(settings)),
+            "auth": auth_settings(http_base_url),
+        }
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer) -> AsyncIterator[None]:
+        from workers.client import open_rag_with_queue
+
+        rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings)
+        deps.rag = rag
+        try:
+            yield
+        finally:
+            rag.close()
+
+    server: MCPServer = MCPServer(
+        name=f"orchestrion-{which}" if which != "all" else "orchestrion",
+        version=orchestrion_version(),
+        instructions=(
+            "Orchestrion knowledge tools. search_documents finds cited passages in your documents; "
+            "ingest_documents adds documents (queued, idempotent); results are always your tenant's only."
+        ),
+        lifespan=lifespan if own_lifespan else None,
+        **auth,
+    )
+    add_ping_tool(server)
+    if which in ("all", "retrieval"):
+        add_retrieval_tools(server, deps)
+    if which in ("all", "ingest"):
+        add_ingest_tools(server, deps, settings.rag.progress_wait_s)
+    return server

@@ -1,0 +1,123 @@
+"""CLI commands for the knowledge base: tenants, ingest, search, reindex."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrion.cli import _clear_errors, _settings, app, console
+from rag.services import RagServices
+
+tenants = typer.Typer(help="Provision tenants and manage their bearer tokens.", no_args_is_help=True)
+app.add_typer(tenants, name="tenants")
+TenantOption = Annotated[str | None, typer.Option(help="Tenant (default: ORCHESTRION_TENANTS__DEFAULT).")]
+
+
+@contextmanager
+def _rag() -> Iterator[RagServices]:
+    from workers.client import open_rag_with_queue
+
+    rag, _queue = open_rag_with_queue(_settings())
+    try:
+        yield rag
+    finally:
+        rag.close()
+
+
+@tenants.command("add")
+@_clear_errors
+def tenants_add(name: str) -> None:
+    """Provision a tenant: its own Weaviate tenant (isolated shard) and registry entry."""
+    from orchestrion.knowledge import provision
+
+    with _rag() as rag:
+        created = provision(rag, name)
+    console.print(f"tenant {name!r} " + ("created" if created else "already existed; its storage is checked"))
+
+
+@tenants.command("list")
+@_clear_errors
+def tenants_list() -> None:
+    """List tenants and their tokens (by fingerprint; tokens themselves are never stored)."""
+    from core.tenancy import tenant_registry
+
+    registry = tenant_registry(_settings())
+    tokens = registry.tokens()
+    for name in registry.tenants():
+        prints = [f"{t.fingerprint} ({t.label or 'no label'})" for t in tokens if t.tenant == name]
+        console.print(f"{name}: {len(prints)} token(s) {', '.join(prints)}")
+
+
+@tenants.command("token")
+@_clear_errors
+def tenants_token(name: str, label: Annotated[str, typer.Option(help="What the token is for.")] = "") -> None:
+    """Issue a bearer token for a tenant; it is printed once (stdout) and stored only as a digest."""
+    from core.tenancy import tenant_registry
+
+    print(tenant_registry(_settings()).issue_token(name, label))
+
+
+@tenants.command("revoke")
+@_clear_errors
+def tenants_revoke(fingerprint: str) -> None:
+    """Revoke a token by its fingerprint (see `tenants list`)."""
+    from core.tenancy import tenant_registry
+
+    info = tenant_registry(_settings()).revoke(fingerprint)
+    console.print(f"revoked {info.fingerprint} of tenant {info.tenant!r}")
+
+
+@tenants.command("remove")
+@_clear_errors
+def tenants_remove(
+    name: str, yes: Annotated[bool, typer.Option("--yes", help="Confirm: deletes all the tenant's data.")] = False
+) -> None:
+    """Delete a tenant, all its documents and all its tokens."""
+    if not yes:
+        console.print(f"this deletes every document of {name!r}; run again with --yes to confirm")
+        raise typer.Exit(1)
+    with _rag() as rag:
+        rag.registry.remove_tenant(name)
+        rag.store.delete_tenant(name)
+    console.print(f"tenant {name!r} removed")
+
+
+@app.command()
+@_clear_errors
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders (txt, md, html, pdf).")],
+    tenant: TenantOption = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag for every document (repeatable).")] = None,
+) -> None:
+    """Ingest documents through the ingest queue, with a progress bar, and report each failure."""
+    from orchestrion.knowledge import files_under, ingest_files, report_jobs
+
+    settings = _settings()
+    with _rag() as rag:
+        jobs = ingest_files(rag, tenant or settings.tenants.default, files_under(paths), console, tags=tag or [])
+    if report_jobs(jobs, console):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_clear_errors
+def search(
+    query: str,
+    tenant: TenantOption = None,
+    mode: Annotated[str, typer.Option(help="hybrid, vector or keyword.")] = "hybrid",
+    k: Annotated[int, typer.Option(help="How many results.")] = 5,
+    tag: Annotated[list[str] | None, typer.Option(help="Only documents with any of these tags.")] = None,
+) -> None:
+    """Search a tenant's documents and print the passages with their citations."""
+    from orchestrion.knowledge import print_hits, run_search
+    from rag.search import SearchRequest
+
+    filters = {"field": "tags", "op": "any_of", "value": tag} if tag else None
+    request = SearchRequest.model_validate({"query": query, "mode": mode, "k": k, "filters": filters})
+    with _rag() as rag:
+        hits = run_search(rag, tenant or _settings().tenants.default, request)
+    print_hits(hits, console, query)

@@ -1,0 +1,66 @@
+"""What `orchestrion up` does once the stack is healthy: the default tenant, its token, the sample
+corpus on first run, and one search answered with citations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from core.settings import Settings
+from orchestrion.knowledge import files_under, ingest_files, print_hits, provision, report_jobs
+from rag.store import SearchHit
+from workers.client import open_rag_with_queue
+
+DEMO_QUESTION = "How do idempotency keys prevent a double charge when a client retries?"
+
+
+def sample_corpus() -> Path:
+    """The corpus shipped with the repo (or, in a wheel, inside the package)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "samples" / "corpus", here / "sample_corpus"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the sample corpus is missing from this installation")
+
+
+def local_token(settings: Settings, issue: Callable[[], str]) -> str:
+    """The default tenant's token for local HTTP clients, kept (0600) in the data dir."""
+    path = settings.data_dir / "local-token"
+    if path.is_file():
+        return path.read_text().strip()
+    token: str = issue()
+    path.write_text(token + "\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+def first_run(settings: Settings, api_url: str, console: Console) -> str:
+    """Provision the default tenant, ingest the samples if it has no documents, show a cited search.
+    Returns the local bearer token."""
+    tenant = settings.tenants.default
+    rag, _queue = open_rag_with_queue(settings)
+    try:
+        if provision(rag, tenant):
+            console.print(f"[green]✓[/green] tenant {tenant!r} provisioned")
+        token = local_token(settings, lambda: rag.registry.issue_token(tenant, "local (orchestrion up)"))
+        if rag.registry.tenant_for_token(token) != tenant:  # revoked since: issue a fresh one
+            (settings.data_dir / "local-token").unlink()
+            token = local_token(settings, lambda: rag.registry.issue_token(tenant, "local (orchestrion up)"))
+        if not rag.store.list_documents(tenant, 1, 0):
+            console.print("first run: ingesting the sample corpus through the ingest queue")
+            report_jobs(ingest_files(rag, tenant, files_under([sample_corpus()]), console), console)
+    finally:
+        rag.close()
+    response = httpx.post(
+        f"{api_url}/v1/search",
+        json={"query": DEMO_QUESTION, "k": 3},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=120,
+    )
+    response.raise_for_status()
+    print_hits([SearchHit(**h) for h in response.json()["hits"]], console, DEMO_QUESTION)
+    return token

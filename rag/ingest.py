@@ -1,0 +1,223 @@
+"""Ingest: validate and accept documents (caller side), then parse, chunk, embed, store (worker side)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import PurePosixPath
+from typing import Any
+
+from core.errors import BusyError, EmbeddingMismatchError, InvalidInputError, NotFoundError, OrchestrionError
+from core.settings import RagSettings
+from rag.chunking import Chunker
+from rag.documents import DocType
+from rag.embedding import Embedder
+from rag.filters import Scalar, meta_property
+from rag.jobs import JobPayload, JobState, JobStatus, JobStore
+from rag.parsing import detect_type, parse
+from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
+
+log = logging.getLogger(__name__)
+DOC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
+MAX_TAGS = 32
+
+
+@dataclass(frozen=True)
+class Submission:
+    content: bytes
+    filename: str | None = None
+    media_type: str | None = None
+    doc_id: str | None = None
+    title: str | None = None
+    source: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    meta: dict[str, Any]
+    content: bytes
+    content_hash: str
+
+
+class IngestService:
+    def __init__(
+        self,
+        settings: RagSettings,
+        jobs: JobStore,
+        store: ChunkStore,
+        embedder: Embedder,
+        chunker: Chunker,
+        enqueue: Callable[[str], None],
+        queue_depth: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+        self._enqueue = enqueue
+        self._queue_depth = queue_depth
+
+    # --- caller side ---------------------------------------------------------------
+
+    def submit(
+        self, tenant: str, submissions: Sequence[Submission], idempotency_key: str | None = None
+    ) -> list[JobStatus]:
+        """Validate every document first (all or none), then record and queue one job each."""
+        if not submissions:
+            raise InvalidInputError("no documents given")
+        self.store.require_tenant(tenant)
+        accepted = [self._validate(s, position) for position, s in enumerate(submissions)]
+        self._refuse_when_busy(len(accepted))
+        jobs = []
+        for position, doc in enumerate(accepted):
+            key = f"caller:{idempotency_key}:{position}" if idempotency_key else f"content:{doc.content_hash}"
+            status, created = self.jobs.create(tenant, str(doc.meta["doc_id"]), key, JobPayload(doc.content, doc.meta))
+            if created:
+                try:
+                    self._enqueue(status.job_id)
+                except Exception as exc:
+                    self.jobs.release_key(tenant, key, status.job_id)
+                    self.jobs.update(status, state=JobState.FAILED, error="could not be queued")
+                    raise OrchestrionError(
+                        f"document {position} could not be queued ({type(exc).__name__}); it was not accepted, "
+                        "retry later"
+                    ) from exc
+            jobs.append(status)
+        return jobs
+
+    def status(self, tenant: str, job_id: str) -> JobStatus:
+        return self.jobs.get(tenant, job_id)
+
+    def _validate(self, sub: Submission, position: int) -> _Accepted:
+        name = sub.filename or sub.doc_id or f"document {position}"
+        limit = self.settings.max_document_bytes
+        if len(sub.content) > limit:
+            raise InvalidInputError(
+                f"{name} is {len(sub.content):,} bytes, over the limit of {limit:,} bytes "
+                "(ORCHESTRION_RAG__MAX_DOCUMENT_BYTES)"
+            )
+        if not sub.content.strip():
+            raise InvalidInputError(f"{name} is empty")
+        doc_type = detect_type(sub.filename, sub.media_type, sub.content)
+        try:
+            parsed = parse(sub.content, doc_type, fallback_title=sub.title or _stem(sub.filename) or "untitled")
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{name}: {exc}") from None
+        doc_id = sub.doc_id or _stem(sub.filename, keep_suffix=True) or "doc-" + _sha(sub.content)[:16]
+        if not DOC_ID.match(doc_id):
+            raise InvalidInputError(
+                f"invalid doc_id {doc_id!r}: 1-200 characters of letters, digits and . _ : / @ -, starting with a "
+                "letter or digit"
+            )
+        tags = sorted(set(sub.tags))
+        if len(tags) > MAX_TAGS or any(not t or len(t) > 64 for t in tags):
+            raise InvalidInputError(f"{name}: at most {MAX_TAGS} tags of 1-64 characters each")
+        for key, value in sub.metadata.items():
+            meta_property(key)
+            if not isinstance(value, str | int | float | bool):
+                raise InvalidInputError(f"{name}: metadata {key!r} must be a string, number or boolean")
+        meta: dict[str, Any] = {
+            "doc_id": doc_id,
+            "doc_type": doc_type.value,
+            "title": sub.title or parsed.title,
+            "source": sub.source or sub.filename or doc_id,
+            "tags": tags,
+            "metadata": dict(sub.metadata),
+        }
+        # The job key covers what the document is and says about itself: the same bytes with
+        # other metadata are another submission.
+        content_hash = _sha(json.dumps(meta, sort_keys=True).encode() + b"\0" + sub.content)
+        meta["content_hash"] = content_hash
+        return _Accepted(meta, sub.content, content_hash)
+
+    def _refuse_when_busy(self, incoming: int) -> None:
+        depth = self._queue_depth()
+        limit = self.settings.ingest_queue_limit
+        if depth + incoming > limit:
+            backlog = depth + incoming - limit
+            retry_after = max(1, min(300, math.ceil(backlog * self.jobs.mean_duration())))
+            raise BusyError(
+                f"busy: the ingest queue holds {depth} jobs (limit {limit}); nothing was accepted, retry after "
+                f"{retry_after}s",
+                retry_after_s=retry_after,
+            )
+
+    # --- worker side ---------------------------------------------------------------
+
+    def run(self, job_id: str) -> JobStatus:
+        """Run one job. Safe to run again (a redelivered task): writes are idempotent by chunk id."""
+        status = self.jobs.load(job_id)
+        if status.state == JobState.DONE:
+            return status
+        started = time.perf_counter()
+        try:
+            status = self._run(status)
+        except (InvalidInputError, NotFoundError, EmbeddingMismatchError) as exc:
+            log.warning("ingest job %s failed: %s", job_id, exc)
+            return self.jobs.update(status, state=JobState.FAILED, error=str(exc))
+        self.jobs.record_duration(time.perf_counter() - started)
+        self.jobs.drop_payload(job_id)
+        return status
+
+    def _run(self, status: JobStatus) -> JobStatus:
+        payload = self.jobs.payload(status.job_id)
+        meta = payload.meta
+        tenant, doc_id = status.tenant, str(meta["doc_id"])
+        self.jobs.update(status, state=JobState.PARSING, error="")
+        parsed = parse(payload.content, DocType(meta["doc_type"]), fallback_title=str(meta["title"]))
+        parsed = replace(parsed, title=str(meta["title"]))
+        self.jobs.update(status, state=JobState.CHUNKING)
+        chunks = self.chunker.chunk(parsed)
+        if self._unchanged(tenant, doc_id, str(meta["content_hash"]), len(chunks)):
+            result = {"written": 0, "deleted": 0, "unchanged": len(chunks)}
+            return self.jobs.update(status, state=JobState.DONE, chunks_total=len(chunks), chunks_done=len(chunks),
+                                    result=result)  # fmt: skip
+        self.jobs.update(status, state=JobState.EMBEDDING, chunks_total=len(chunks), chunks_done=0)
+        vectors: list[list[float]] = []
+        batch = self.settings.embed_batch_size
+        for start in range(0, len(chunks), batch):
+            vectors.extend(self.embedder.embed([c.embed_text for c in chunks[start : start + batch]]))
+            self.jobs.update(status, chunks_done=len(vectors))
+        self.jobs.update(status, state=JobState.STORING)
+        info = DocumentInfo(
+            doc_id=doc_id,
+            title=str(meta["title"]),
+            source=str(meta["source"]),
+            doc_type=str(meta["doc_type"]),
+            tags=list(meta["tags"]),
+            metadata=dict(meta["metadata"]),
+            content_hash=str(meta["content_hash"]),
+            chunk_count=len(chunks),
+            ingested_at=now_iso(),
+        )
+        stored = [StoredChunk(c.index, c.text, c.heading_path, _sha(c.embed_text.encode())) for c in chunks]
+        written = self.store.write_document(tenant, info, stored, vectors)
+        return self.jobs.update(status, state=JobState.DONE, result=asdict(written))
+
+    def _unchanged(self, tenant: str, doc_id: str, content_hash: str, chunk_count: int) -> bool:
+        try:
+            current = self.store.document(tenant, doc_id)
+        except NotFoundError:
+            return False
+        return current.content_hash == content_hash and current.chunk_count == chunk_count
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _stem(filename: str | None, keep_suffix: bool = False) -> str:
+    if not filename:
+        return ""
+    path = PurePosixPath(filename.replace("\\", "/"))
+    name = path.name if keep_suffix else path.stem
+    return re.sub(r"[^A-Za-z0-9._:@-]+", "-", name).strip("-.")

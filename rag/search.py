@@ -1,0 +1,44 @@
+"""Retrieval: vector, keyword (BM25) or hybrid search in one tenant, with filters and a score floor."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from rag.embedding import Embedder
+from rag.filters import FilterSpec, to_weaviate
+from rag.store import ChunkStore, SearchHit
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=2000, description="What to look for, in natural language.")
+    mode: Literal["hybrid", "vector", "keyword"] = Field(
+        default="hybrid", description="hybrid (vector + BM25), vector (meaning) or keyword (BM25 terms)."
+    )
+    k: int = Field(default=5, ge=1, le=50, description="How many chunks to return.")
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Hybrid only: 1 = all vector, 0 = all keyword.")
+    fusion: Literal["relative_score", "ranked"] = Field(
+        default="relative_score", description="Hybrid only: how vector and keyword scores are combined."
+    )
+    filters: FilterSpec | None = Field(default=None, description="Metadata filter (see rag/filters.py).")
+    min_score: float | None = Field(
+        default=None, description="Drop hits scoring below this (vector: cosine similarity; others: their score)."
+    )
+
+
+def search(store: ChunkStore, embedder: Embedder, tenant: str, request: SearchRequest) -> list[SearchHit]:
+    vector = None if request.mode == "keyword" else embedder.embed([request.query])[0]
+    hits = store.search(
+        tenant,
+        mode=request.mode,
+        query=request.query,
+        vector=vector,
+        k=request.k,
+        filters=to_weaviate(request.filters) if request.filters is not None else None,
+        alpha=request.alpha,
+        fusion=request.fusion,
+    )
+    if request.min_score is not None:
+        hits = [h for h in hits if h.score >= request.min_score]
+    return hits

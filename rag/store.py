@@ -1,0 +1,478 @@
+"""Weaviate storage: one chunk collection per embedding model, one Weaviate tenant per tenant.
+
+Isolation is Weaviate's native multi-tenancy: every read and write goes through
+`collection.with_tenant(tenant)`, and each tenant's shard is separate on disk. The
+collection's description records the embedding model, dimension and normalisation;
+a process embedding with anything else refuses to touch it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from weaviate import WeaviateClient
+from weaviate.classes.config import Configure, DataType, Property, Tokenization
+from weaviate.classes.data import DataObject
+from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
+from weaviate.classes.tenants import Tenant
+from weaviate.collections import Collection
+from weaviate.exceptions import UnexpectedStatusCodeError
+
+from core.errors import EmbeddingMismatchError, InvalidInputError, NotFoundError
+from rag.embedding import EmbeddingSpec
+from rag.filters import Scalar, meta_property
+
+CHUNK_NAMESPACE = uuid.UUID("6f1c2a7e-3b1d-4f0a-9a51-0b7c4e2d8a10")
+MAX_PAGE = 10_000
+_TEXT = {"tokenization": Tokenization.WORD}
+_EXACT = {"tokenization": Tokenization.FIELD}
+
+
+def chunk_uuid(tenant: str, doc_id: str, index: int, content_hash: str) -> uuid.UUID:
+    """Deterministic: the same chunk of the same document version always gets the same id."""
+    return uuid.uuid5(CHUNK_NAMESPACE, f"{tenant}\x1f{doc_id}\x1f{index}\x1f{content_hash}")
+
+
+def doc_uuid(tenant: str, doc_id: str) -> uuid.UUID:
+    return uuid.uuid5(CHUNK_NAMESPACE, f"{tenant}\x1f{doc_id}")
+
+
+def collection_names(spec: EmbeddingSpec) -> tuple[str, str]:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", spec.model).strip("_")
+    return f"Chunks_{slug}_{spec.dimension}", f"Docs_{slug}_{spec.dimension}"
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    index: int
+    text: str
+    heading_path: tuple[str, ...]
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    doc_id: str
+    title: str
+    source: str
+    doc_type: str
+    tags: list[str]
+    metadata: dict[str, Scalar]
+    content_hash: str
+    chunk_count: int
+    ingested_at: str
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: int
+    deleted: int
+    unchanged: int
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    text: str
+    score: float
+    doc_id: str
+    source: str
+    title: str
+    heading_path: list[str]
+    chunk_index: int
+    doc_type: str
+    tags: list[str]
+
+
+@dataclass
+class _TenantCache:
+    ttl_s: float = 30.0
+    known: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fresh(self, tenant: str) -> bool:
+        with self.lock:
+            return self.known.get(tenant, 0.0) > time.monotonic()
+
+    def remember(self, tenant: str) -> None:
+        with self.lock:
+            self.known[tenant] = time.monotonic() + self.ttl_s
+
+    def forget(self, tenant: str) -> None:
+        with self.lock:
+            self.known.pop(tenant, None)
+
+
+class ChunkStore:
+    def __init__(self, client: WeaviateClient, spec: EmbeddingSpec) -> None:
+        self.client = client
+        self.spec = spec
+        self.chunks_name, self.docs_name = collection_names(spec)
+        self._tenants = _TenantCache()
+        self._meta_props: set[str] | None = None
+
+    # --- collections and tenants -------------------------------------------------
+
+    def ensure_collections(self) -> None:
+        """Create this model's collections if missing; refuse ones recorded with another embedding."""
+        for name, properties in ((self.chunks_name, _chunk_properties()), (self.docs_name, _doc_properties())):
+            if not self.client.collections.exists(name):
+                try:
+                    self.client.collections.create(
+                        name,
+                        description=json.dumps({"orchestrion": 1, **self._spec_dict()}),
+                        properties=properties,
+                        multi_tenancy_config=Configure.multi_tenancy(
+                            enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
+                        ),
+                        vector_config=Configure.Vectors.self_provided(),
+                    )
+                except UnexpectedStatusCodeError:
+                    if not self.client.collections.exists(name):  # lost a creation race: fine if it exists now
+                        raise
+            self._check_recorded_spec(name)
+
+    def _spec_dict(self) -> dict[str, Any]:
+        return {"model": self.spec.model, "dimension": self.spec.dimension, "normalized": self.spec.normalized}
+
+    def _check_recorded_spec(self, name: str) -> None:
+        recorded = _recorded_spec(self.client.collections.use(name))
+        if recorded is not None and recorded != self._spec_dict():
+            raise EmbeddingMismatchError(
+                f"collection {name} holds vectors of {recorded['model']} ({recorded['dimension']}-d, "
+                f"normalized={recorded['normalized']}), but this process embeds with {self.spec.model} "
+                f"({self.spec.dimension}-d, normalized={self.spec.normalized}); configure that model, or run "
+                "`orchestrion reindex`"
+            )
+
+    def create_tenant(self, tenant: str) -> None:
+        for name in (self.chunks_name, self.docs_name):
+            collection = self.client.collections.use(name)
+            if collection.tenants.get_by_name(tenant) is None:
+                collection.tenants.create([Tenant(name=tenant)])
+        self._tenants.remember(tenant)
+
+    def delete_tenant(self, tenant: str) -> None:
+        for name in (self.chunks_name, self.docs_name):
+            collection = self.client.collections.use(name)
+            if collection.tenants.get_by_name(tenant) is not None:
+                collection.tenants.remove([tenant])
+        self._tenants.forget(tenant)
+
+    def has_tenant(self, tenant: str) -> bool:
+        return self.client.collections.use(self.chunks_name).tenants.get_by_name(tenant) is not None
+
+    def require_tenant(self, tenant: str) -> None:
+        """The tenant's data lives in this model's collection; otherwise say where it is, or that it is missing."""
+        if self._tenants.fresh(tenant):
+            return
+        if self.has_tenant(tenant):
+            self._tenants.remember(tenant)
+            return
+        for other in self.client.collections.list_all(simple=True):
+            if other.startswith("Chunks_") and other != self.chunks_name:
+                collection = self.client.collections.use(other)
+                if collection.tenants.get_by_name(tenant) is not None:
+                    recorded = _recorded_spec(collection) or {"model": other, "dimension": "?"}
+                    raise EmbeddingMismatchError(
+                        f"tenant {tenant!r} was embedded with {recorded['model']} ({recorded['dimension']}-d); this "
+                        f"process uses {self.spec.model}: run `orchestrion reindex` to move it to {self.spec.model}, "
+                        f"or configure ORCHESTRION_RAG__EMBEDDING_MODEL={recorded['model']}"
+                    )
+        raise NotFoundError(f"tenant {tenant!r} is not provisioned: `orchestrion tenants add {tenant}` creates it")
+
+    def _chunks(self, tenant: str) -> Collection[Any, Any]:
+        self.require_tenant(tenant)
+        return self.client.collections.use(self.chunks_name).with_tenant(tenant)
+
+    def _docs(self, tenant: str) -> Collection[Any, Any]:
+        self.require_tenant(tenant)
+        return self.client.collections.use(self.docs_name).with_tenant(tenant)
+
+    # --- writes ------------------------------------------------------------------
+
+    def ensure_metadata_properties(self, metadata: dict[str, Scalar]) -> None:
+        """User metadata becomes filterable properties `meta_<key>`, created on first use with the value's type."""
+        if self._meta_props is None:
+            config = self.client.collections.use(self.chunks_name).config.get()
+            self._meta_props = {p.name: p.data_type for p in config.properties if p.name.startswith("meta_")}  # type: ignore[misc]
+        chunks = self.client.collections.use(self.chunks_name)
+        for key, value in metadata.items():
+            name = meta_property(key)
+            wanted = _data_type(key, value)
+            known = self._meta_props.get(name)  # type: ignore[union-attr]
+            if known is None:
+                try:
+                    chunks.config.add_property(Property(name=name, data_type=wanted, **_EXACT_IF_TEXT(wanted)))
+                except UnexpectedStatusCodeError:
+                    self._meta_props = None  # another process added it: reread and compare
+                    return self.ensure_metadata_properties(metadata)
+                self._meta_props[name] = wanted  # type: ignore[index]
+            elif known != wanted:
+                raise InvalidInputError(
+                    f"metadata {key!r} was stored as {known.value} before, this value is {wanted.value}: "
+                    "keep one type per key"
+                )
+        return None
+
+    def existing_chunk_ids(self, tenant: str, doc_id: str) -> set[uuid.UUID]:
+        chunks = self._chunks(tenant)
+        found: set[uuid.UUID] = set()
+        offset = 0
+        while True:
+            page = chunks.query.fetch_objects(
+                filters=Filter.by_property("doc_id").equal(doc_id), limit=MAX_PAGE, offset=offset, return_properties=[]
+            ).objects
+            found.update(o.uuid for o in page)
+            if len(page) < MAX_PAGE:
+                return found
+            offset += MAX_PAGE
+
+    def write_document(
+        self, tenant: str, info: DocumentInfo, chunks: Sequence[StoredChunk], vectors: Sequence[Sequence[float]]
+    ) -> WriteResult:
+        """Make the stored document exactly `chunks`: insert new ones, then delete stale ones."""
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        self.ensure_metadata_properties(info.metadata)
+        existing = self.existing_chunk_ids(tenant, info.doc_id)
+        ids = [chunk_uuid(tenant, info.doc_id, c.index, c.content_hash) for c in chunks]
+        base = {
+            "doc_id": info.doc_id,
+            "source": info.source,
+            "title": info.title,
+            "doc_type": info.doc_type,
+            "tags": info.tags,
+            "ingested_at": info.ingested_at,
+            **{meta_property(k): v for k, v in info.metadata.items()},
+        }
+        new = [
+            DataObject(
+                properties={
+                    **base,
+                    "text": c.text,
+                    "heading_path": list(c.heading_path),
+                    "headings": " > ".join(c.heading_path),
+                    "chunk_index": c.index,
+                    "content_hash": c.content_hash,
+                },
+                uuid=cid,
+                vector=list(v),
+            )
+            for c, cid, v in zip(chunks, ids, vectors, strict=True)
+            if cid not in existing
+        ]
+        collection = self._chunks(tenant)
+        for start in range(0, len(new), 500):
+            result = collection.data.insert_many(new[start : start + 500])
+            if result.has_errors:
+                first = next(iter(result.errors.values()))
+                raise RuntimeError(f"Weaviate rejected {len(result.errors)} chunk(s): {first.message}")
+        stale = list(existing - set(ids))
+        for start in range(0, len(stale), 500):
+            collection.data.delete_many(where=Filter.by_id().contains_any(stale[start : start + 500]))
+        self._docs(tenant).data.insert_many(
+            [DataObject(properties=_doc_props(info), uuid=doc_uuid(tenant, info.doc_id))]
+        )
+        return WriteResult(written=len(new), deleted=len(stale), unchanged=len(chunks) - len(new))
+
+    def delete_document(self, tenant: str, doc_id: str) -> int:
+        stale = list(self.existing_chunk_ids(tenant, doc_id))
+        collection = self._chunks(tenant)
+        for start in range(0, len(stale), 500):
+            collection.data.delete_many(where=Filter.by_id().contains_any(stale[start : start + 500]))
+        docs = self._docs(tenant)
+        if docs.data.exists(doc_uuid(tenant, doc_id)):
+            docs.data.delete_by_id(doc_uuid(tenant, doc_id))
+        elif not stale:
+            raise NotFoundError(f"no document {doc_id!r}")
+        return len(stale)
+
+    # --- reads -------------------------------------------------------------------
+
+    def document(self, tenant: str, doc_id: str) -> DocumentInfo:
+        found = self._docs(tenant).query.fetch_object_by_id(doc_uuid(tenant, doc_id))
+        if found is None:
+            raise NotFoundError(f"no document {doc_id!r}")
+        return _doc_info(found.properties)
+
+    def document_chunks(self, tenant: str, doc_id: str) -> list[SearchHit]:
+        """All chunks of one document, in order."""
+        self.document(tenant, doc_id)
+        objects = (
+            self._chunks(tenant)
+            .query.fetch_objects(
+                filters=Filter.by_property("doc_id").equal(doc_id),
+                sort=Sort.by_property("chunk_index", ascending=True),
+                limit=MAX_PAGE,
+            )
+            .objects
+        )
+        return [_hit(o.properties, 1.0) for o in objects]
+
+    def list_documents(self, tenant: str, limit: int, offset: int) -> list[DocumentInfo]:
+        objects = (
+            self._docs(tenant)
+            .query.fetch_objects(sort=Sort.by_property("doc_id", ascending=True), limit=limit, offset=offset)
+            .objects
+        )
+        return [_doc_info(o.properties) for o in objects]
+
+    def all_chunks(self, tenant: str) -> Iterable[tuple[dict[str, Any], Any]]:
+        """Every chunk with its properties and vector (for reindexing)."""
+        self.require_tenant(tenant)
+        collection = self.client.collections.use(self.chunks_name).with_tenant(tenant)
+        for obj in collection.iterator(include_vector=True):
+            yield obj.properties, obj.vector.get("default")
+
+    def search(
+        self,
+        tenant: str,
+        *,
+        mode: str,
+        query: str,
+        vector: Sequence[float] | None,
+        k: int,
+        filters: Any,
+        alpha: float,
+        fusion: str,
+    ) -> list[SearchHit]:
+        chunks = self._chunks(tenant).query
+        if mode == "vector":
+            found = chunks.near_vector(
+                list(vector or []), limit=k, filters=filters, return_metadata=MetadataQuery(distance=True)
+            )
+            # Cosine distance of unit vectors is in [0, 2]; report a similarity in [-1, 1].
+            return [_hit(o.properties, 1.0 - float(o.metadata.distance or 0.0)) for o in found.objects]
+        if mode == "keyword":
+            found = chunks.bm25(
+                query, query_properties=["text", "title", "headings"], limit=k, filters=filters,
+                return_metadata=MetadataQuery(score=True),
+            )  # fmt: skip
+        else:
+            found = chunks.hybrid(
+                query,
+                vector=list(vector or []),
+                alpha=alpha,
+                fusion_type=HybridFusion.RANKED if fusion == "ranked" else HybridFusion.RELATIVE_SCORE,
+                query_properties=["text", "title", "headings"],
+                limit=k,
+                filters=filters,
+                return_metadata=MetadataQuery(score=True),
+            )
+        return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in found.objects]
+
+
+def _recorded_spec(collection: Collection[Any, Any]) -> dict[str, Any] | None:
+    try:
+        recorded = json.loads(collection.config.get().description or "")
+    except ValueError:
+        return None
+    if not isinstance(recorded, dict) or "model" not in recorded:
+        return None
+    return {"model": recorded["model"], "dimension": recorded["dimension"], "normalized": recorded["normalized"]}
+
+
+def _chunk_properties() -> list[Property]:
+    return [
+        Property(name="text", data_type=DataType.TEXT, **_TEXT),
+        Property(name="title", data_type=DataType.TEXT, **_TEXT),
+        Property(name="headings", data_type=DataType.TEXT, **_TEXT),
+        Property(name="heading_path", data_type=DataType.TEXT_ARRAY, skip_vectorization=True, **_EXACT),
+        Property(name="doc_id", data_type=DataType.TEXT, **_EXACT),
+        Property(name="source", data_type=DataType.TEXT, **_EXACT),
+        Property(name="doc_type", data_type=DataType.TEXT, **_EXACT),
+        Property(name="tags", data_type=DataType.TEXT_ARRAY, **_EXACT),
+        Property(name="chunk_index", data_type=DataType.INT),
+        Property(name="content_hash", data_type=DataType.TEXT, **_EXACT),
+        Property(name="ingested_at", data_type=DataType.DATE),
+    ]
+
+
+def _doc_properties() -> list[Property]:
+    return [
+        Property(name="doc_id", data_type=DataType.TEXT, **_EXACT),
+        Property(name="title", data_type=DataType.TEXT, **_TEXT),
+        Property(name="source", data_type=DataType.TEXT, **_EXACT),
+        Property(name="doc_type", data_type=DataType.TEXT, **_EXACT),
+        Property(name="tags", data_type=DataType.TEXT_ARRAY, **_EXACT),
+        Property(name="metadata_json", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
+        Property(name="content_hash", data_type=DataType.TEXT, **_EXACT),
+        Property(name="chunk_count", data_type=DataType.INT),
+        Property(name="ingested_at", data_type=DataType.DATE),
+    ]
+
+
+def _EXACT_IF_TEXT(data_type: DataType) -> dict[str, Any]:
+    return dict(_EXACT) if data_type == DataType.TEXT else {}
+
+
+def _data_type(key: str, value: Scalar) -> DataType:
+    if isinstance(value, bool):
+        return DataType.BOOL
+    if isinstance(value, int):
+        return DataType.INT
+    if isinstance(value, float):
+        return DataType.NUMBER
+    if isinstance(value, str):
+        return DataType.TEXT
+    raise InvalidInputError(f"metadata {key!r} must be a string, number or boolean, not {type(value).__name__}")
+
+
+def _doc_props(info: DocumentInfo) -> dict[str, Any]:
+    return {
+        "doc_id": info.doc_id,
+        "title": info.title,
+        "source": info.source,
+        "doc_type": info.doc_type,
+        "tags": info.tags,
+        "metadata_json": json.dumps(info.metadata, sort_keys=True),
+        "content_hash": info.content_hash,
+        "chunk_count": info.chunk_count,
+        "ingested_at": info.ingested_at,
+    }
+
+
+def _doc_info(props: dict[str, Any]) -> DocumentInfo:
+    return DocumentInfo(
+        doc_id=str(props["doc_id"]),
+        title=str(props.get("title") or ""),
+        source=str(props.get("source") or ""),
+        doc_type=str(props.get("doc_type") or ""),
+        tags=list(props.get("tags") or []),
+        metadata=json.loads(props.get("metadata_json") or "{}"),
+        content_hash=str(props.get("content_hash") or ""),
+        chunk_count=int(props.get("chunk_count") or 0),
+        ingested_at=_iso(props.get("ingested_at")),
+    )
+
+
+def _hit(props: dict[str, Any], score: float) -> SearchHit:
+    return SearchHit(
+        text=str(props.get("text") or ""),
+        score=round(score, 6),
+        doc_id=str(props.get("doc_id") or ""),
+        source=str(props.get("source") or ""),
+        title=str(props.get("title") or ""),
+        heading_path=list(props.get("heading_path") or []),
+        chunk_index=int(props.get("chunk_index") or 0),
+        doc_type=str(props.get("doc_type") or ""),
+        tags=list(props.get("tags") or []),
+    )
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value or "")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()

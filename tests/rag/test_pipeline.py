@@ -1,0 +1,128 @@
+"""Ingest through the real queue into real Weaviate, and read it back with citations."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import BusyError, InvalidInputError
+from core.settings import RagSettings
+from rag.ingest import IngestService, Submission
+from rag.jobs import JobState
+from rag.search import SearchRequest, search
+from rag.services import RagServices
+from tests.rag.helpers import GUIDE, ingest_text, wait_jobs
+
+
+def test_ingested_document_reads_back_in_order_with_heading_paths(rag: RagServices, tenant: str) -> None:
+    job = ingest_text(rag, tenant, GUIDE, doc_id="payments", tags=("billing",), metadata={"year": 2025})
+
+    chunks = rag.store.document_chunks(tenant, "payments")
+    info = rag.store.document(tenant, "payments")
+
+    assert job.result["written"] == len(chunks) == info.chunk_count >= 3
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    assert info.title == "Payments guide" and info.doc_type == "markdown" and info.tags == ["billing"]
+    assert info.metadata == {"year": 2025}
+    paths = [tuple(c.heading_path) for c in chunks]
+    assert ("Payments guide", "Refunds", "Partial refunds") in paths
+    assert any("charged once" in c.text for c in chunks)
+
+
+@pytest.mark.parametrize("mode", ["vector", "keyword", "hybrid"])
+def test_search_modes_cite_the_right_passage(rag: RagServices, tenant: str, mode: str) -> None:
+    ingest_text(rag, tenant, GUIDE, doc_id="payments")
+    question = {
+        "vector": "what stops a customer from paying twice when the app retries?",
+        "keyword": "idempotency key retries",
+        "hybrid": "idempotency key when the client retries",
+    }[mode]
+
+    hits = search(rag.store, rag.embedder, tenant, SearchRequest(query=question, mode=mode, k=3))
+
+    top = hits[0]
+    assert "Idempotency" in top.heading_path
+    assert top.doc_id == "payments" and top.source == "doc.md" and top.title == "Payments guide"
+    assert top.score > 0
+
+
+def test_same_submission_twice_is_the_same_job(rag: RagServices, tenant: str) -> None:
+    doc = Submission(content=GUIDE.encode(), filename="guide.md")
+    [first] = rag.ingest.submit(tenant, [doc])
+    [second] = rag.ingest.submit(tenant, [doc])
+    assert second.job_id == first.job_id
+    [keyed] = rag.ingest.submit(tenant, [doc], idempotency_key="upload-42")
+    [again] = rag.ingest.submit(tenant, [doc], idempotency_key="upload-42")
+    assert again.job_id == keyed.job_id != first.job_id
+    wait_jobs(rag, tenant, [first, keyed])
+
+
+def test_reingesting_unchanged_document_writes_nothing(rag: RagServices, tenant: str) -> None:
+    first = ingest_text(rag, tenant, GUIDE, doc_id="payments")
+    before = {(c.chunk_index, c.text) for c in rag.store.document_chunks(tenant, "payments")}
+    [again] = rag.ingest.submit(tenant, [Submission(GUIDE.encode(), "doc.md", doc_id="payments")], "second-upload")
+    [again] = wait_jobs(rag, tenant, [again])
+
+    assert again.job_id != first.job_id
+    assert again.result == {"written": 0, "deleted": 0, "unchanged": first.result["written"]}
+    assert {(c.chunk_index, c.text) for c in rag.store.document_chunks(tenant, "payments")} == before
+
+
+def test_changed_document_replaces_its_chunks_and_leaves_no_stale_ones(rag: RagServices, tenant: str) -> None:
+    ingest_text(rag, tenant, GUIDE, doc_id="payments")
+    changed = GUIDE.replace("five business days", "ten business days").split("### Partial refunds")[0]
+    job = ingest_text(rag, tenant, changed, doc_id="payments")
+
+    chunks = rag.store.document_chunks(tenant, "payments")
+    texts = " ".join(c.text for c in chunks)
+    assert "ten business days" in texts and "five business days" not in texts
+    assert "Partial refunds" not in {h for c in chunks for h in c.heading_path}
+    assert job.result["deleted"] >= 1
+    assert len(chunks) == rag.store.document(tenant, "payments").chunk_count
+    assert len(rag.store.existing_chunk_ids(tenant, "payments")) == len(chunks)
+
+
+@pytest.mark.parametrize(
+    ("submission", "message"),
+    [
+        (Submission(b"PK\x03\x04 zip bytes", filename="report.docx"), "unsupported"),
+        (Submission(b"   \n\n ", filename="empty.md"), "empty"),
+        (Submission(b"caf\xe9 au lait", filename="latin1.txt"), "UTF-8"),
+        (Submission(b"%PDF-1.4 this is no pdf", filename="broken.pdf"), "PDF"),
+        (Submission(b"fine", filename="a.md", doc_id="bad id with spaces"), "doc_id"),
+        (Submission(b"fine", filename="a.md", metadata={"Bad-Key": 1}), "metadata key"),
+    ],
+)
+def test_bad_input_is_refused_with_its_reason_and_nothing_is_written(
+    rag: RagServices, tenant: str, submission: Submission, message: str
+) -> None:
+    good = Submission(b"# Fine\n\nA good document.", filename="good.md")
+    with pytest.raises(InvalidInputError, match=message):
+        rag.ingest.submit(tenant, [good, submission])  # all or nothing
+    assert rag.store.list_documents(tenant, 10, 0) == []
+    assert not rag.redis.keys(f"{rag.settings.redis.key_prefix}:idem:{tenant}:*")
+
+
+def test_document_over_the_size_limit_names_the_limit(rag: RagServices, tenant: str) -> None:
+    limit = rag.settings.rag.max_document_bytes
+    with pytest.raises(InvalidInputError, match=f"limit of {limit:,} bytes"):
+        rag.ingest.submit(tenant, [Submission(b"a" * (limit + 1), filename="big.txt")])
+
+
+def test_full_queue_says_retry_after_and_keeps_what_it_accepted(rag: RagServices, tenant: str, key_prefix: str) -> None:
+    from workers.client import QueueClient
+
+    # A queue no worker consumes, so the backlog stays put while we look at it.
+    idle = QueueClient(rag.settings.model_copy(update={"redis": rag.settings.redis.model_copy(
+        update={"key_prefix": key_prefix})}), rag.settings.redis.url or "")  # fmt: skip
+    service = IngestService(
+        RagSettings(ingest_queue_limit=3), rag.jobs, rag.store, rag.embedder, rag.ingest.chunker,
+        idle.enqueue_ingest, idle.ingest_depth,
+    )  # fmt: skip
+    accepted = [service.submit(tenant, [Submission(f"doc {i}".encode(), f"d{i}.txt")])[0] for i in range(3)]
+
+    with pytest.raises(BusyError) as busy:
+        service.submit(tenant, [Submission(b"one too many", "d4.txt")])
+
+    assert busy.value.retry_after_s >= 1 and "retry after" in str(busy.value)
+    assert idle.ingest_depth() == 3
+    assert all(rag.ingest.status(tenant, j.job_id).state == JobState.QUEUED for j in accepted)
