@@ -43,6 +43,9 @@ def create_celery_app(settings: Settings, redis_url: str) -> Celery:
         task_track_started=True,
         result_expires=7 * 24 * 3600,
         worker_hijack_root_logger=False,
+        # Pool processes load the embedding model at start (see workers/process.py); the
+        # default 4 s to report alive would kill them while torch imports.
+        worker_proc_alive_timeout=180,
         worker_send_task_events=True,
         task_send_sent_event=True,
     )

@@ -77,3 +77,6 @@ def instrument_worker(app: Celery, settings: Settings) -> None:
     signals.worker_process_shutdown.connect(tracer.stop_process, weak=False)
     signals.task_prerun.connect(tracer.before_start, weak=False)
     signals.task_postrun.connect(tracer.after_run, weak=False)
+    from workers.process import warm_up
+
+    signals.worker_process_init.connect(warm_up, weak=False)

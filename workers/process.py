@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from core.settings import get_settings
 from rag.services import RagServices
 from workers.client import open_rag_with_queue
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _services: RagServices | None = None
 
@@ -19,3 +21,13 @@ def rag_services() -> RagServices:
             settings = get_settings()
             _services, _ = open_rag_with_queue(settings)
         return _services
+
+
+def warm_up(**_: object) -> None:
+    """Connect and load the embedding model when a pool process starts, so the first task's
+    time limit measures the task, not torch's import. Failure here is not fatal: the first
+    task tries again and reports its own error."""
+    try:
+        rag_services().embedder.embed(["warm-up"])
+    except Exception:  # noqa: BLE001 - logged; the task path retries and surfaces it
+        log.warning("worker warm-up failed; the first task will retry", exc_info=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import socket
 from collections.abc import Sequence
 
@@ -28,6 +29,8 @@ def run_worker(settings: Settings, queues: Sequence[str], concurrency: int, host
     from workers.app import create_celery_app, queue_depth
     from workers.instrumentation import instrument_worker
 
+    # Celery's Redis result backend calls a method redis-py 8 deprecates, once per task.
+    warnings.filterwarnings("ignore", message="Call to deprecated setex", category=DeprecationWarning)
     unknown = sorted(set(queues) - set(settings.celery.queues))
     if unknown:
         raise ServiceStartError(

@@ -11,6 +11,7 @@ from celery import Task, shared_task
 from weaviate.exceptions import WeaviateBaseError
 
 from observability.propagation import current_trace_id
+from rag.jobs import FINAL_STATES, JobState
 from workers.app import INGEST_TASK
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ class _IngestTask(Task):  # type: ignore[misc]
         job_id = args[0]
         jobs = rag_services().jobs
         status = jobs.load(job_id)
-        jobs.update(status, state="failed", error=f"gave up after retries: {type(exc).__name__}: {exc}")
+        if status.state not in FINAL_STATES:
+            jobs.update(status, state=JobState.FAILED, error=f"gave up: {type(exc).__name__}: {exc}")
 
 
 @shared_task(

@@ -1,0 +1,143 @@
+"""A private Orchestrion stack for one benchmark run, started with the launcher's own code.
+
+Valkey and weaviate-server run once per run in a temporary directory; on top of them a
+benchmark starts "deployments": N real `orchestrion worker` processes and optionally a real
+`orchestrion serve` (API + MCP), all sharing one fresh Redis key prefix. A fresh prefix means
+fresh Celery queues, job keys and a cold embedding cache, so phases never help each other.
+Every process started here is stopped in a finally block, in reverse order of start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from orchestrion.launcher import services
+from orchestrion.launcher.ports import PortBook
+from orchestrion.launcher.process import ManagedProcess
+from orchestrion.launcher.supervisor import launch
+from rag.services import RagServices
+from tests.conftest import free_port, settings_from, start_worker  # also drops REDIS_URL & co. from os.environ
+
+CONSOLE = Console(stderr=True)
+# Bench processes must never pick up a developer's own stack.
+for _name in ("REDIS_URL", "WEAVIATE_URL", "WEAVIATE_API_KEY", "ORCHESTRION_DATA_DIR"):
+    os.environ.pop(_name, None)
+
+
+@dataclass
+class Deployment:
+    """Our own processes on the shared services, under one Redis key prefix."""
+
+    env: dict[str, str]
+    workers: list[ManagedProcess] = field(default_factory=list)
+    api: ManagedProcess | None = None
+    api_url: str = ""
+    rags: list[RagServices] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        return self.env["ORCHESTRION_REDIS__KEY_PREFIX"]
+
+    def open_rag(self) -> RagServices:
+        """RAG services in this process, wired as the API wires them (ingest jobs go to the workers)."""
+        from workers.client import open_rag_with_queue
+
+        rag, _queue = open_rag_with_queue(settings_from(self.env))
+        self.rags.append(rag)
+        return rag
+
+    def stop(self) -> None:
+        for rag in self.rags:
+            rag.close()
+        self.rags.clear()
+        for process in [*([self.api] if self.api else []), *reversed(self.workers)]:
+            process.stop()
+        self.workers.clear()
+        self.api = None
+
+
+class BenchStack:
+    def __init__(self, root: Path, console: Console = CONSOLE) -> None:
+        self.root = root
+        self.console = console
+        self.logs = root / "logs"
+        self.services: list[ManagedProcess] = []
+        self.deployments: list[Deployment] = []
+        self.urls: dict[str, str] = {}
+
+    def start_services(self) -> None:
+        """Valkey and weaviate-server (the cached build), on free ports, data in the temp dir."""
+        settings = settings_from(self._base_env("unused"))
+        ports = PortBook(self.root)
+        for spec in (services.redis_spec(settings, ports), services.weaviate_spec(settings, ports, self.console)):
+            self.services.append(launch(spec, self.logs, self.console))
+            self.urls.update(spec.urls)
+
+    def _base_env(self, prefix: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "REDIS_URL": self.urls.get("redis_url", "redis://127.0.0.1:1/0"),
+            "WEAVIATE_URL": self.urls.get("weaviate_url", "http://127.0.0.1:1"),
+            "ORCHESTRION_WEAVIATE__GRPC_URL": self.urls.get("weaviate_grpc", "127.0.0.1:1"),
+            "ORCHESTRION_DATA_DIR": str(self.root / "app"),
+            "ORCHESTRION_REDIS__KEY_PREFIX": prefix,
+        }
+
+    def deploy(
+        self, *, workers: int = 1, concurrency: int = 1, api: bool = False, extra_env: dict[str, str] | None = None
+    ) -> Deployment:
+        """Start `workers` worker processes (each with `concurrency` pool processes) and maybe the API server,
+        under a fresh key prefix; `extra_env` goes to every one of them (e.g. a queue limit)."""
+        env = {**self._base_env(f"bench-{uuid.uuid4().hex[:8]}"), **(extra_env or {})}
+        deployment = Deployment(env)
+        self.deployments.append(deployment)
+        for _ in range(workers):
+            process, _handle = start_worker(env, self.logs, concurrency=concurrency)
+            deployment.workers.append(process)
+        if api:
+            deployment.api, deployment.api_url = self._start_api(env)
+        return deployment
+
+    def _start_api(self, env: dict[str, str]) -> tuple[ManagedProcess, str]:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        spec = services.ServiceSpec(
+            name=f"api-{env['ORCHESTRION_REDIS__KEY_PREFIX']}",
+            argv=[sys.executable, "-m", "orchestrion", "serve"],
+            env={**env, "ORCHESTRION_SERVER__PORT": str(port)},
+            healthy=services.http_ok(f"{url}/healthz"),
+            start_timeout_s=180.0,
+        )
+        return launch(spec, self.logs, self.console), url
+
+    def stop(self) -> None:
+        while self.deployments:
+            self.deployments.pop().stop()
+        while self.services:
+            self.services.pop().stop()
+
+
+@contextmanager
+def bench_stack(*, keep: bool = False, console: Console = CONSOLE) -> Iterator[BenchStack]:
+    """Valkey + Weaviate in a temp dir; everything started inside is stopped on the way out."""
+    root = Path(tempfile.mkdtemp(prefix="orch-bench-"))
+    stack = BenchStack(root, console)
+    try:
+        stack.start_services()
+        yield stack
+    finally:
+        stack.stop()
+        if keep:
+            console.print(f"[dim]kept {root} (logs in {root / 'logs'})[/dim]")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
