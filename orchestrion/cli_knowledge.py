@@ -121,3 +121,28 @@ def search(
     with _rag() as rag:
         hits = run_search(rag, tenant or _settings().tenants.default, request)
     print_hits(hits, console, query)
+
+
+@app.command()
+@_clear_errors
+def reindex(
+    tenant: TenantOption = None,
+    all_tenants: Annotated[bool, typer.Option("--all", help="Every tenant in the registry.")] = False,
+) -> None:
+    """Re-embed tenants into the configured embedding model's collection (after changing models)."""
+    from rich.progress import Progress, TaskID
+
+    from rag.reindex import reindex_tenant
+
+    settings = _settings()
+    with _rag() as rag:
+        names = rag.registry.tenants() if all_tenants else [tenant or settings.tenants.default]
+        with Progress(console=console) as progress:
+            for name in names:
+                bar = progress.add_task(f"reindexing {name}", total=None)
+
+                def advance(done: int, total: int, bar: TaskID = bar) -> None:
+                    progress.update(bar, completed=done, total=total)
+
+                moved = reindex_tenant(rag.store, rag.embedder, rag.ingest.chunker, name, advance)
+                progress.update(bar, description=f"{name}: {moved} chunks on {rag.embedder.spec.model}")

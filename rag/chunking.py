@@ -310,6 +310,11 @@ class Chunker:
 
     # The header: "title\nA > B > C"; its headings are dropped from the front, and the title or last
     # heading cut, when it would leave less than MIN_TEXT_TOKENS for the text.
+    def embed_text_for(self, title: str, heading_path: tuple[str, ...], text: str) -> str:
+        """The text `chunk` embeds for a passage: lets stored chunks be embedded again (reindex)."""
+        header, _ = self._header(_one_line(title), heading_path)
+        return f"{header}\n\n{text}" if header else text
+
     def _header(self, title: str, heading_path: tuple[str, ...]) -> tuple[str, int]:
         allowed = self.counter.max_tokens - min(MIN_TEXT_TOKENS, self.chunk_tokens)
         headings = [_one_line(heading) for heading in heading_path]

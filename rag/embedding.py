@@ -99,8 +99,16 @@ class OpenAICompatibleEmbedder:
                     f"embedding endpoint {self._url} answered {response.status_code}: {response.text[:200]}"
                 )
             rows = sorted(response.json()["data"], key=lambda row: row["index"])
-            out.extend(_unit(row["embedding"]) for row in rows)
+            out.extend(_unit(_pooled(row["embedding"])) for row in rows)
         return out
+
+
+def _pooled(embedding: Any) -> list[float]:
+    """One vector per input. Some servers (llama.cpp with a model that has no pooling layer)
+    answer one vector per token: those are mean-pooled here."""
+    if embedding and isinstance(embedding[0], list):
+        return [float(x) for x in np.asarray(embedding, dtype=np.float64).mean(axis=0)]
+    return [float(x) for x in embedding]
 
 
 def _unit(vector: Sequence[float]) -> list[float]:

@@ -8,15 +8,16 @@ a process embedding with anything else refuses to touch it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from weaviate import WeaviateClient
 from weaviate.classes.config import Configure, DataType, Property, Tokenization
@@ -24,12 +25,13 @@ from weaviate.classes.data import DataObject
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery, Sort
 from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
-from weaviate.exceptions import UnexpectedStatusCodeError
+from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
 
 from core.errors import EmbeddingMismatchError, InvalidInputError, NotFoundError
 from rag.embedding import EmbeddingSpec
 from rag.filters import Scalar, meta_property
 
+F = TypeVar("F", bound=Callable[..., Any])
 CHUNK_NAMESPACE = uuid.UUID("6f1c2a7e-3b1d-4f0a-9a51-0b7c4e2d8a10")
 MAX_PAGE = 10_000
 _TEXT = {"tokenization": Tokenization.WORD}
@@ -110,6 +112,24 @@ class _TenantCache:
             self.known.pop(tenant, None)
 
 
+def _tenant_checked(method: F) -> F:
+    """A tenant removed or moved by another process shows up as Weaviate's 'tenant not found':
+    drop the cached check and answer with the clear reason instead."""
+
+    @functools.wraps(method)
+    def run(self: ChunkStore, tenant: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, tenant, *args, **kwargs)
+        except WeaviateBaseError as exc:
+            if "tenant not found" not in str(exc):
+                raise
+            self._tenants.forget(tenant)
+            self.require_tenant(tenant)
+            raise
+
+    return run  # type: ignore[return-value]
+
+
 class ChunkStore:
     def __init__(self, client: WeaviateClient, spec: EmbeddingSpec) -> None:
         self.client = client
@@ -176,16 +196,13 @@ class ChunkStore:
         if self.has_tenant(tenant):
             self._tenants.remember(tenant)
             return
-        for other in self.client.collections.list_all(simple=True):
-            if other.startswith("Chunks_") and other != self.chunks_name:
-                collection = self.client.collections.use(other)
-                if collection.tenants.get_by_name(tenant) is not None:
-                    recorded = _recorded_spec(collection) or {"model": other, "dimension": "?"}
-                    raise EmbeddingMismatchError(
-                        f"tenant {tenant!r} was embedded with {recorded['model']} ({recorded['dimension']}-d); this "
-                        f"process uses {self.spec.model}: run `orchestrion reindex` to move it to {self.spec.model}, "
-                        f"or configure ORCHESTRION_RAG__EMBEDDING_MODEL={recorded['model']}"
-                    )
+        for other, recorded in recorded_specs(self.client).items():
+            if other != self.chunks_name and self.client.collections.use(other).tenants.get_by_name(tenant):
+                raise EmbeddingMismatchError(
+                    f"tenant {tenant!r} was embedded with {recorded['model']} ({recorded['dimension']}-d); this "
+                    f"process uses {self.spec.model}: run `orchestrion reindex` to move it to {self.spec.model}, "
+                    f"or configure ORCHESTRION_RAG__EMBEDDING_MODEL={recorded['model']}"
+                )
         raise NotFoundError(f"tenant {tenant!r} is not provisioned: `orchestrion tenants add {tenant}` creates it")
 
     def _chunks(self, tenant: str) -> Collection[Any, Any]:
@@ -222,6 +239,7 @@ class ChunkStore:
                 )
         return None
 
+    @_tenant_checked
     def existing_chunk_ids(self, tenant: str, doc_id: str) -> set[uuid.UUID]:
         chunks = self._chunks(tenant)
         found: set[uuid.UUID] = set()
@@ -235,6 +253,7 @@ class ChunkStore:
                 return found
             offset += MAX_PAGE
 
+    @_tenant_checked
     def write_document(
         self, tenant: str, info: DocumentInfo, chunks: Sequence[StoredChunk], vectors: Sequence[Sequence[float]]
     ) -> WriteResult:
@@ -283,6 +302,7 @@ class ChunkStore:
         )
         return WriteResult(written=len(new), deleted=len(stale), unchanged=len(chunks) - len(new))
 
+    @_tenant_checked
     def delete_document(self, tenant: str, doc_id: str) -> int:
         stale = list(self.existing_chunk_ids(tenant, doc_id))
         collection = self._chunks(tenant)
@@ -297,12 +317,14 @@ class ChunkStore:
 
     # --- reads -------------------------------------------------------------------
 
+    @_tenant_checked
     def document(self, tenant: str, doc_id: str) -> DocumentInfo:
         found = self._docs(tenant).query.fetch_object_by_id(doc_uuid(tenant, doc_id))
         if found is None:
             raise NotFoundError(f"no document {doc_id!r}")
         return _doc_info(found.properties)
 
+    @_tenant_checked
     def document_chunks(self, tenant: str, doc_id: str) -> list[SearchHit]:
         """All chunks of one document, in order."""
         self.document(tenant, doc_id)
@@ -317,6 +339,7 @@ class ChunkStore:
         )
         return [_hit(o.properties, 1.0) for o in objects]
 
+    @_tenant_checked
     def list_documents(self, tenant: str, limit: int, offset: int) -> list[DocumentInfo]:
         objects = (
             self._docs(tenant)
@@ -325,13 +348,7 @@ class ChunkStore:
         )
         return [_doc_info(o.properties) for o in objects]
 
-    def all_chunks(self, tenant: str) -> Iterable[tuple[dict[str, Any], Any]]:
-        """Every chunk with its properties and vector (for reindexing)."""
-        self.require_tenant(tenant)
-        collection = self.client.collections.use(self.chunks_name).with_tenant(tenant)
-        for obj in collection.iterator(include_vector=True):
-            yield obj.properties, obj.vector.get("default")
-
+    @_tenant_checked
     def search(
         self,
         tenant: str,
@@ -368,6 +385,17 @@ class ChunkStore:
                 return_metadata=MetadataQuery(score=True),
             )
         return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in found.objects]
+
+
+def recorded_specs(client: WeaviateClient) -> dict[str, dict[str, Any]]:
+    """Every Orchestrion chunk collection and the embedding spec it records."""
+    found = {}
+    for name in client.collections.list_all(simple=True):
+        if name.startswith("Chunks_"):
+            spec = _recorded_spec(client.collections.use(name))
+            if spec is not None:
+                found[name] = spec
+    return found
 
 
 def _recorded_spec(collection: Collection[Any, Any]) -> dict[str, Any] | None:

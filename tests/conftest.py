@@ -24,8 +24,8 @@ from orchestrion.launcher import services
 from orchestrion.launcher.ports import PortBook
 from orchestrion.launcher.process import ManagedProcess
 from orchestrion.launcher.supervisor import launch
-from tests.otlp_receiver import OtlpReceiver
 from rag.services import RagServices
+from tests.otlp_receiver import OtlpReceiver
 from workers.app import create_celery_app, worker_answers
 
 CONSOLE = Console(stderr=True)
@@ -133,7 +133,7 @@ def start_worker(env: dict[str, str], log_dir: Path, concurrency: int = 2) -> tu
     app = create_celery_app(settings, env["REDIS_URL"])
     hostname = f"{env['ORCHESTRION_REDIS__KEY_PREFIX']}-{uuid.uuid4().hex[:4]}@localhost"
     spec = services.ServiceSpec(
-        name=f"worker-{hostname.split('@')[0]}",
+        name=f"worker-{hostname.split('@', maxsplit=1)[0]}",
         argv=[sys.executable, "-m", "orchestrion", "worker", "--hostname", hostname, "--concurrency", str(concurrency)],
         env={**env, "ORCHESTRION_CELERY__METRICS_PORT": str(metrics_port)},
         healthy=lambda: worker_answers(app, hostname),
@@ -198,4 +198,14 @@ def api_server(stack_env: dict[str, str], celery_worker: WorkerHandle, services_
     )
     process = launch(spec, services_dir / "logs", CONSOLE)
     yield ApiServer(url, env)
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def embeddings_llm(service_settings: Settings, services_dir: Path) -> Iterator[str]:
+    """Base URL of a real llama.cpp server answering /v1/embeddings (Gemma 3 270M): a second,
+    genuinely different embedding model for the consistency tests."""
+    spec = services.llm_spec(service_settings, PortBook(services_dir), CONSOLE, embeddings=True)
+    process = launch(spec, services_dir / "logs", CONSOLE)
+    yield spec.urls["llm_base_url"]
     process.stop()

@@ -29,5 +29,5 @@ def warm_up(**_: object) -> None:
     task tries again and reports its own error."""
     try:
         rag_services().embedder.embed(["warm-up"])
-    except Exception:  # noqa: BLE001 - logged; the task path retries and surfaces it
+    except Exception:
         log.warning("worker warm-up failed; the first task will retry", exc_info=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import warnings
 import socket
+import warnings
 from collections.abc import Sequence
 
 from core.errors import ServiceStartError

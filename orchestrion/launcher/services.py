@@ -126,7 +126,8 @@ def weaviate_spec(settings: Settings, ports: PortBook, console: Console) -> Serv
     )
 
 
-def llm_spec(settings: Settings, ports: PortBook, console: Console) -> ServiceSpec:
+def llm_spec(settings: Settings, ports: PortBook, console: Console, *, embeddings: bool = False) -> ServiceSpec:
+    """The embedded llama.cpp server; with `embeddings` it serves /v1/embeddings instead of chat."""
     try:
         import llama_cpp.server  # noqa: F401 - only checks that the extra is installed
     except ImportError as exc:
@@ -137,7 +138,8 @@ def llm_spec(settings: Settings, ports: PortBook, console: Console) -> ServiceSp
             "extra (`uv sync --extra local-llm`), or set OPENAI_BASE_URL / OPENAI_API_KEY"
         ) from exc
     model = artifacts.local_model(settings, console)
-    port = ports.prefer("llm", 8402)
+    role = "llm-embeddings" if embeddings else "llm"
+    port = ports.prefer(role, None if embeddings else 8402)
     base = f"http://{LOOPBACK}:{port}/v1"
     argv = [
         sys.executable,
@@ -155,9 +157,10 @@ def llm_spec(settings: Settings, ports: PortBook, console: Console) -> ServiceSp
         str(settings.models.local_context_tokens),
         "--model_alias",
         Path(model).stem,
+        *(["--embedding", "true"] if embeddings else []),
     ]
     return ServiceSpec(
-        "llm",
+        role,
         argv,
         dict(os.environ),
         http_ok(f"{base}/models"),

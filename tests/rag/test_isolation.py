@@ -42,8 +42,18 @@ def test_tenant_b_gets_nothing_of_tenant_a_through_any_mcp_tool(
         {"field": "doc_id", "op": "eq", "value": "secret-plan"},
         {"field": "tags", "op": "any_of", "value": ["confidential"]},
         {"field": "meta.client", "op": "eq", "value": "acme"},
-        {"any": [{"field": "doc_type", "op": "eq", "value": "markdown"}, {"field": "chunk_index", "op": "gte", "value": 0}]},
-        {"all": [{"field": "title", "op": "like", "value": "*Acme*"}, {"field": "source", "op": "eq", "value": "doc.md"}]},
+        {
+            "any": [
+                {"field": "doc_type", "op": "eq", "value": "markdown"},
+                {"field": "chunk_index", "op": "gte", "value": 0},
+            ]
+        },
+        {
+            "all": [
+                {"field": "title", "op": "like", "value": "*Acme*"},
+                {"field": "source", "op": "eq", "value": "doc.md"},
+            ]
+        },
     ]
     calls = [
         ("search_documents", {"query": exact, "mode": mode, "k": 50, "filters": f})
