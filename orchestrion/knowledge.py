@@ -93,7 +93,8 @@ def print_hits(hits: Sequence[SearchHit], console: Console, query: str) -> None:
     table.add_column("passage")
     table.add_column("cite")
     for rank, hit in enumerate(hits, 1):
-        where = " › ".join([hit.title, *hit.heading_path])
+        headings = hit.heading_path[1:] if hit.heading_path[:1] == [hit.title] else hit.heading_path
+        where = " › ".join([hit.title, *headings])
         passage = hit.text if len(hit.text) <= 400 else hit.text[:400] + "…"
-        table.add_row(str(rank), passage, f"{where}\n{hit.source} #{hit.chunk_index}\nscore {hit.score:.3f}")
+        table.add_row(str(rank), passage, f"{where}\n{hit.doc_id} #{hit.chunk_index}\nscore {hit.score:.3f}")
     console.print(table)

