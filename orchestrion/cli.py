@@ -54,6 +54,9 @@ def up(
     exit_when_ready: Annotated[
         bool, typer.Option("--exit-when-ready", help="Start everything, check health, print, then stop (smoke test).")
     ] = False,
+    samples: Annotated[
+        bool, typer.Option("--samples/--no-samples", help="Ingest the sample corpus when the default tenant is empty.")
+    ] = True,
 ) -> None:
     """Start the embedded stack: Valkey, Weaviate, a local LLM, a Celery worker, the API and MCP endpoint.
 
@@ -62,7 +65,7 @@ def up(
     """
     from orchestrion.launcher.supervisor import Stack
 
-    Stack(_settings(), console).run(exit_when_ready=exit_when_ready)
+    Stack(_settings(), console).run(exit_when_ready=exit_when_ready, samples=samples)
 
 
 @app.command()

@@ -38,7 +38,7 @@ def local_token(settings: Settings, issue: Callable[[], str]) -> str:
     return token
 
 
-def first_run(settings: Settings, api_url: str, console: Console) -> str:
+def first_run(settings: Settings, api_url: str, console: Console, *, samples: bool = True) -> str:
     """Provision the default tenant, ingest the samples if it has no documents, show a cited search.
     Returns the local bearer token."""
     tenant = settings.tenants.default
@@ -50,7 +50,7 @@ def first_run(settings: Settings, api_url: str, console: Console) -> str:
         if rag.registry.tenant_for_token(token) != tenant:  # revoked since: issue a fresh one
             (settings.data_dir / "local-token").unlink()
             token = local_token(settings, lambda: rag.registry.issue_token(tenant, "local (orchestrion up)"))
-        if not rag.store.list_documents(tenant, 1, 0):
+        if samples and not rag.store.list_documents(tenant, 1, 0):
             console.print("first run: ingesting the sample corpus through the ingest queue")
             report_jobs(ingest_files(rag, tenant, files_under([sample_corpus()]), console), console)
     finally:

@@ -12,13 +12,14 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import httpx
 import numpy as np
 import redis
 
 from core.errors import ConfigurationError, OrchestrionError
+from core.settings import RagSettings
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 
@@ -147,12 +148,12 @@ class CachedEmbedder:
         self.misses += len(missing)
         by_index = dict(zip(missing, fresh, strict=True))
         return [
-            by_index[i] if raw is None else np.frombuffer(raw, dtype=np.float32).astype(float).tolist()
+            by_index[i] if raw is None else np.frombuffer(cast(bytes, raw), dtype=np.float32).astype(float).tolist()
             for i, raw in enumerate(cached)
         ]
 
 
-def build_embedder(rag: Any, client: redis.Redis | None, prefix: str) -> Embedder:
+def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str) -> Embedder:
     """The configured embedder, behind the Redis cache when a client is given."""
     inner: Embedder
     if rag.embedding_base_url:

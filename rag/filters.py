@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, Field, field_validator
 from weaviate.classes.query import Filter
@@ -83,7 +83,7 @@ def to_weaviate(spec: Condition | AllOf | AnyOf, depth: int = 0) -> Any:
     if spec.op in list_ops:
         if not isinstance(value, list) or not value:
             raise InvalidInputError(f"filter {spec.field} {spec.op} needs a non-empty list")
-        return list_ops[spec.op](value)
+        return list_ops[spec.op](cast(Any, value))
     if isinstance(value, list):
         raise InvalidInputError(f"filter {spec.field} {spec.op} needs a single value, not a list")
     if spec.op == "like":

@@ -99,7 +99,7 @@ class JobStore:
             if self._redis.set(idem, status.job_id, nx=True, ex=self._ttl):
                 return status, True
             existing_id = self._redis.get(idem)
-            existing = self._load(existing_id.decode()) if existing_id else None
+            existing = self._load(_bytes(existing_id).decode()) if existing_id else None
             if existing is not None and existing.state != JobState.FAILED:
                 self._forget(status.job_id)
                 return existing, False
@@ -136,7 +136,7 @@ class JobStore:
         raw = self._redis.get(self._payload_key(job_id))
         if raw is None:
             raise NotFoundError(f"the document of job {job_id!r} is gone (expired after {self._ttl}s)")
-        meta, _, content = raw.partition(b"\n")
+        meta, _, content = _bytes(raw).partition(b"\n")
         return JobPayload(content=content, meta=json.loads(meta))
 
     def drop_payload(self, job_id: str) -> None:
@@ -155,7 +155,7 @@ class JobStore:
 
     def _load(self, job_id: str) -> JobStatus | None:
         raw = self._redis.get(self._job_key(job_id))
-        return None if raw is None else _decode(raw)
+        return None if raw is None else _decode(_bytes(raw))
 
     def _forget(self, job_id: str) -> None:
         self._redis.delete(self._job_key(job_id), self._payload_key(job_id))
@@ -169,3 +169,8 @@ def _decode(raw: bytes) -> JobStatus:
     data = json.loads(raw)
     data["state"] = JobState(data["state"])
     return JobStatus(**data)
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """redis-py types replies as bytes or str; this client never decodes, so they are bytes."""
+    return value.encode() if isinstance(value, str) else value

@@ -34,8 +34,6 @@ from rag.filters import Scalar, meta_property
 F = TypeVar("F", bound=Callable[..., Any])
 CHUNK_NAMESPACE = uuid.UUID("6f1c2a7e-3b1d-4f0a-9a51-0b7c4e2d8a10")
 MAX_PAGE = 10_000
-_TEXT = {"tokenization": Tokenization.WORD}
-_EXACT = {"tokenization": Tokenization.FIELD}
 
 
 def chunk_uuid(tenant: str, doc_id: str, index: int, content_hash: str) -> uuid.UUID:
@@ -136,7 +134,7 @@ class ChunkStore:
         self.spec = spec
         self.chunks_name, self.docs_name = collection_names(spec)
         self._tenants = _TenantCache()
-        self._meta_props: set[str] | None = None
+        self._meta_props: dict[str, DataType] | None = None
 
     # --- collections and tenants -------------------------------------------------
 
@@ -217,27 +215,29 @@ class ChunkStore:
 
     def ensure_metadata_properties(self, metadata: dict[str, Scalar]) -> None:
         """User metadata becomes filterable properties `meta_<key>`, created on first use with the value's type."""
-        if self._meta_props is None:
-            config = self.client.collections.use(self.chunks_name).config.get()
-            self._meta_props = {p.name: p.data_type for p in config.properties if p.name.startswith("meta_")}  # type: ignore[misc]
         chunks = self.client.collections.use(self.chunks_name)
+        if self._meta_props is None:
+            known_props = chunks.config.get().properties
+            self._meta_props = {p.name: p.data_type for p in known_props if p.name.startswith("meta_")}
+        props = self._meta_props
         for key, value in metadata.items():
             name = meta_property(key)
             wanted = _data_type(key, value)
-            known = self._meta_props.get(name)  # type: ignore[union-attr]
+            known = props.get(name)
             if known is None:
+                exact = Tokenization.FIELD if wanted == DataType.TEXT else None
                 try:
-                    chunks.config.add_property(Property(name=name, data_type=wanted, **_EXACT_IF_TEXT(wanted)))
+                    chunks.config.add_property(Property(name=name, data_type=wanted, tokenization=exact))
                 except UnexpectedStatusCodeError:
-                    self._meta_props = None  # another process added it: reread and compare
-                    return self.ensure_metadata_properties(metadata)
-                self._meta_props[name] = wanted  # type: ignore[index]
+                    self._meta_props = None  # another process added it meanwhile: reread and compare
+                    self.ensure_metadata_properties(metadata)
+                    return
+                props[name] = wanted
             elif known != wanted:
                 raise InvalidInputError(
                     f"metadata {key!r} was stored as {known.value} before, this value is {wanted.value}: "
                     "keep one type per key"
                 )
-        return None
 
     @_tenant_checked
     def existing_chunk_ids(self, tenant: str, doc_id: str) -> set[uuid.UUID]:
@@ -410,36 +410,32 @@ def _recorded_spec(collection: Collection[Any, Any]) -> dict[str, Any] | None:
 
 def _chunk_properties() -> list[Property]:
     return [
-        Property(name="text", data_type=DataType.TEXT, **_TEXT),
-        Property(name="title", data_type=DataType.TEXT, **_TEXT),
-        Property(name="headings", data_type=DataType.TEXT, **_TEXT),
-        Property(name="heading_path", data_type=DataType.TEXT_ARRAY, skip_vectorization=True, **_EXACT),
-        Property(name="doc_id", data_type=DataType.TEXT, **_EXACT),
-        Property(name="source", data_type=DataType.TEXT, **_EXACT),
-        Property(name="doc_type", data_type=DataType.TEXT, **_EXACT),
-        Property(name="tags", data_type=DataType.TEXT_ARRAY, **_EXACT),
+        Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="headings", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="heading_path", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD),
+        Property(name="doc_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+        Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+        Property(name="doc_type", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+        Property(name="tags", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD),
         Property(name="chunk_index", data_type=DataType.INT),
-        Property(name="content_hash", data_type=DataType.TEXT, **_EXACT),
+        Property(name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
         Property(name="ingested_at", data_type=DataType.DATE),
     ]
 
 
 def _doc_properties() -> list[Property]:
     return [
-        Property(name="doc_id", data_type=DataType.TEXT, **_EXACT),
-        Property(name="title", data_type=DataType.TEXT, **_TEXT),
-        Property(name="source", data_type=DataType.TEXT, **_EXACT),
-        Property(name="doc_type", data_type=DataType.TEXT, **_EXACT),
-        Property(name="tags", data_type=DataType.TEXT_ARRAY, **_EXACT),
+        Property(name="doc_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+        Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+        Property(name="doc_type", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
+        Property(name="tags", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD),
         Property(name="metadata_json", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
-        Property(name="content_hash", data_type=DataType.TEXT, **_EXACT),
+        Property(name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
         Property(name="chunk_count", data_type=DataType.INT),
         Property(name="ingested_at", data_type=DataType.DATE),
     ]
-
-
-def _EXACT_IF_TEXT(data_type: DataType) -> dict[str, Any]:
-    return dict(_EXACT) if data_type == DataType.TEXT else {}
 
 
 def _data_type(key: str, value: Scalar) -> DataType:

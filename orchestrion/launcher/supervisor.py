@@ -89,7 +89,7 @@ class Stack:
         self.summaries: list[tuple[str, str]] = []
         self.token = ""
 
-    def run(self, *, exit_when_ready: bool = False) -> None:
+    def run(self, *, exit_when_ready: bool = False, samples: bool = True) -> None:
         """Bring everything up, then wait for Ctrl-C or SIGTERM (or return at once with `exit_when_ready`)."""
         data_dir = self.settings.data_dir
         previous = signal.signal(signal.SIGTERM, _raise_shutdown)
@@ -102,7 +102,7 @@ class Stack:
                     StackRecord(os.getpid(), str(data_dir), self.urls, pids).write(data_dir)
                     from orchestrion.demo import first_run
 
-                    self.token = first_run(self.settings, self.urls["api_url"], self.console)
+                    self.token = first_run(self.settings, self.urls["api_url"], self.console, samples=samples)
                     self._print_summary()
                     if not exit_when_ready:
                         self._watch()

@@ -23,11 +23,15 @@ def light(weaviate: dict[str, str]) -> dict[str, str]:
     }
 
 
-def start_up(data_dir: Path, **env: str) -> subprocess.Popen[str]:
+def start_up(data_dir: Path, *args: str, **env: str) -> subprocess.Popen[str]:
     full_env = {**os.environ, "ORCHESTRION_DATA_DIR": str(data_dir), **env}
     log = (data_dir.parent / f"{data_dir.name}-up.log").open("w")  # this run only
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrion", "up"], env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "orchestrion", "up", *args],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

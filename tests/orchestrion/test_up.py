@@ -121,7 +121,7 @@ def test_full_embedded_stack_lifecycle(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_data_dirs_are_two_independent_stacks(tmp_path: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a, b = start_up(a_dir), start_up(b_dir)
+    a, b = start_up(a_dir, "--no-samples"), start_up(b_dir, "--no-samples")
     try:
         a_urls: dict[str, str] = wait_ready(a, a_dir)["urls"]  # type: ignore[assignment]
         b_urls: dict[str, str] = wait_ready(b, b_dir)["urls"]  # type: ignore[assignment]
@@ -157,7 +157,7 @@ def test_busy_port_is_one_clear_error_and_nothing_is_left_running(tmp_path: Path
 
 def test_killed_launcher_takes_its_children_with_it(tmp_path: Path, weaviate: dict[str, str]) -> None:
     data_dir = tmp_path / "killed"
-    up = start_up(data_dir, **light(weaviate))
+    up = start_up(data_dir, "--no-samples", **light(weaviate))
     wait_ready(up, data_dir)
     assert len(owned_pids(data_dir)) >= 4  # launcher, valkey, worker (+ pool), api
     up.kill()  # SIGKILL: no handler runs, only the kernel's parent-death signal

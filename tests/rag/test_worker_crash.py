@@ -91,9 +91,9 @@ def test_whole_worker_crash_job_is_redelivered_to_the_next_worker(
     # Short visibility timeout: Redis hands an unacknowledged task to another worker after it.
     env = {
         **crash_env,
-        "ORCHESTRION_CELERY__VISIBILITY_TIMEOUT_S": "45",
-        "ORCHESTRION_CELERY__TASK_TIME_LIMIT_S": "40",
-        "ORCHESTRION_CELERY__TASK_SOFT_TIME_LIMIT_S": "35",
+        "ORCHESTRION_CELERY__VISIBILITY_TIMEOUT_S": "30",
+        "ORCHESTRION_CELERY__TASK_TIME_LIMIT_S": "25",
+        "ORCHESTRION_CELERY__TASK_SOFT_TIME_LIMIT_S": "20",
     }
     tenant = f"crash-{uuid.uuid4().hex[:8]}"
     provision(crash_rag, tenant)
