@@ -4,8 +4,9 @@ so a worker imports it only after `prepare_multiprocess_dir`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -36,3 +37,29 @@ class QueueDepthCollector(Collector):
             except Exception:  # noqa: BLE001 - a scrape must not fail because the broker blinked
                 family.add_metric([queue], float("nan"))
         yield family
+
+
+MODEL_TTFT = Histogram(
+    "orchestrion_model_ttft_seconds", "Time to first token per deployment", ["deployment"], buckets=LATENCY_BUCKETS
+)
+MODEL_TOKENS = Counter(
+    "orchestrion_model_tokens_total", "Tokens in and out per deployment", ["deployment", "direction"]
+)
+MODEL_IN_FLIGHT = Gauge(
+    "orchestrion_model_in_flight", "Model calls in flight per deployment", ["deployment"], multiprocess_mode="livesum"
+)
+ROUTING_DECISIONS = Counter("orchestrion_routing_decisions_total", "Router decisions", ["tier", "stage"])
+MODEL_CACHE = Counter("orchestrion_model_cache_total", "Response cache lookups", ["result"])
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    ttft: Histogram
+    tokens: Counter
+    in_flight: Gauge
+    decisions: Counter
+    cache: Counter
+
+
+def model_metrics() -> ModelMetrics:
+    return ModelMetrics(MODEL_TTFT, MODEL_TOKENS, MODEL_IN_FLIGHT, ROUTING_DECISIONS, MODEL_CACHE)

@@ -182,7 +182,8 @@ def config() -> None:
 
 
 def main() -> None:
-    import orchestrion.cli_knowledge  # noqa: F401 - registers its commands on `app`
+    import orchestrion.cli_knowledge
+    import orchestrion.cli_routing  # noqa: F401 - likewise
 
     try:
         app()

@@ -126,7 +126,9 @@ class Balancer:
         self.policy = policy
         self._rng = rng or random.Random()
 
-    def pick(self, group: str, candidates: Sequence[Weighted], exclude: set[str] | frozenset[str] = frozenset()) -> Weighted | None:
+    def pick(
+        self, group: str, candidates: Sequence[Weighted], exclude: set[str] | frozenset[str] = frozenset()
+    ) -> Weighted | None:
         """A deployment for the next call, or None when none is healthy (the caller falls back)."""
         pool = sorted((c for c in candidates if c.name not in exclude), key=lambda c: c.name)
         if self.policy == "round_robin":

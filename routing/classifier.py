@@ -65,7 +65,9 @@ class Classifier:
         return cls(**json.loads(path.read_text()))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 3000, rate: float = 2.0) -> tuple[np.ndarray, float]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 3000, rate: float = 2.0
+) -> tuple[np.ndarray, float]:
     """Full-batch gradient descent with L2: deterministic, no extra dependency, fast at this size.
     Classes are weighted so the minority class counts as much as the majority."""
     n, d = x.shape
@@ -104,7 +106,7 @@ def train(
     embed: Callable[[list[str]], list[list[float]]],
     embedding_model: str,
     examples: Sequence[Example],
-    target_recall: float = 0.97,
+    target_recall: float = 0.99,
 ) -> Classifier:
     """Fit on the training split, pick the threshold on it for `target_recall`, report the held-out split."""
     train_set = [e for e in examples if not e.heldout]

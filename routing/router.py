@@ -63,8 +63,8 @@ class Router:
                 raise InvalidInputError(f"unknown tier {name!r}: choose from {', '.join(self.tiers)}")
         decision = self._choose(text, hint, needs_tools, policy)
         if policy and policy.max_tier and self.tiers.index(decision.tier) > self.tiers.index(policy.max_tier):
-            return Decision(policy.max_tier, "policy", f"{decision.reason}; capped at {policy.max_tier} by tenant policy",
-                            decision.score, decision.threshold)  # fmt: skip
+            reason = f"{decision.reason}; capped at {policy.max_tier} by tenant policy"
+            return Decision(policy.max_tier, "policy", reason, decision.score, decision.threshold)
         return decision
 
     def _choose(self, text: str, hint: str | None, needs_tools: bool, policy: TenantPolicy | None) -> Decision:
@@ -80,5 +80,7 @@ class Router:
         [score] = self.classifier.probability(self._embed([text]))
         large = score >= self.classifier.threshold
         tier = self.tiers[-1] if large else self.tiers[0]
-        reason = f"classifier: P(complex)={score:.3f} {'>=' if large else '<'} threshold {self.classifier.threshold:.3f}"
+        reason = (
+            f"classifier: P(complex)={score:.3f} {'>=' if large else '<'} threshold {self.classifier.threshold:.3f}"
+        )
         return Decision(tier, "classifier", reason, round(score, 4), round(self.classifier.threshold, 4))

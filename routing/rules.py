@@ -24,12 +24,14 @@ REASONING = re.compile(
 
 class RuleSettings(BaseModel):
     long_prompt_words: int = Field(default=400, ge=1, description="Prompts this long go to the large tier.")
+    # Defaults measured on the held-out split (bench/routing): short prompts can be hard ("Design a
+    # rate limiter") and simple ones often quote code, so those two rules are off unless enabled.
     short_prompt_words: int = Field(
-        default=8, ge=0, description="Prompts this short, with no other signal, go to the small tier."
+        default=0, ge=0, description="Prompts this short, with no other signal, go to the small tier (0 = off)."
     )
-    code_goes_large: bool = Field(default=True, description="Code in the prompt sends it to the large tier.")
+    code_goes_large: bool = Field(default=False, description="Code in the prompt sends it to the large tier.")
     reasoning_cues_for_large: int = Field(
-        default=2, ge=1, description="This many distinct reasoning cues send a prompt to the large tier."
+        default=3, ge=1, description="This many distinct reasoning cues send a prompt to the large tier."
     )
     tools_go_large: bool = Field(default=True, description="Requests that need tool calls go to the large tier.")
 

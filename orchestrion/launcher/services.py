@@ -126,8 +126,17 @@ def weaviate_spec(settings: Settings, ports: PortBook, console: Console) -> Serv
     )
 
 
-def llm_spec(settings: Settings, ports: PortBook, console: Console, *, embeddings: bool = False) -> ServiceSpec:
-    """The embedded llama.cpp server; with `embeddings` it serves /v1/embeddings instead of chat."""
+def llm_spec(
+    settings: Settings,
+    ports: PortBook,
+    console: Console,
+    *,
+    embeddings: bool = False,
+    replica: int = 1,
+    threads: int | None = None,
+) -> ServiceSpec:
+    """The embedded llama.cpp server (`replica` numbers several); with `embeddings` it serves
+    /v1/embeddings instead of chat."""
     try:
         import llama_cpp.server  # noqa: F401 - only checks that the extra is installed
     except ImportError as exc:
@@ -138,8 +147,8 @@ def llm_spec(settings: Settings, ports: PortBook, console: Console, *, embedding
             "extra (`uv sync --extra local-llm`), or set OPENAI_BASE_URL / OPENAI_API_KEY"
         ) from exc
     model = artifacts.local_model(settings, console)
-    role = "llm-embeddings" if embeddings else "llm"
-    port = ports.prefer(role, None if embeddings else 8402)
+    role = "llm-embeddings" if embeddings else "llm" if replica == 1 else f"llm-{replica}"
+    port = ports.prefer(role, 8401 + replica if role.startswith("llm") and not embeddings else None)
     base = f"http://{LOOPBACK}:{port}/v1"
     argv = [
         sys.executable,
@@ -158,6 +167,7 @@ def llm_spec(settings: Settings, ports: PortBook, console: Console, *, embedding
         "--model_alias",
         Path(model).stem,
         *(["--embedding", "true"] if embeddings else []),
+        *(["--n_threads", str(threads)] if threads else []),
     ]
     return ServiceSpec(
         role,

@@ -1,0 +1,306 @@
+"""Model calls: route, pick a deployment, stream, retry, fail over, account, trace.
+
+A retryable failure (timeout, connection error, 5xx, 429) is retried with jittered
+exponential backoff, then the next deployment of the tier is tried, then the next
+tier (if the fleet allows). A stream that already gave the caller tokens is never
+silently retried: the caller would see text twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import openai
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from pydantic import SecretStr
+
+from core.errors import ConfigurationError, InvalidInputError, OrchestrionError
+from routing.balancer import Balancer
+from routing.fleet import Deployment, Fleet
+from routing.ledger import Ledger, ResponseCache
+from routing.router import Decision, Router
+
+OnToken = Callable[[str], Awaitable[None]]
+
+
+class ModelUnavailableError(OrchestrionError):
+    """Every deployment that could answer failed or is cooling down."""
+
+
+class BudgetExceededError(OrchestrionError):
+    """The tenant has spent its budget and its policy refuses further calls."""
+
+
+class PartialStreamError(OrchestrionError):
+    """A stream broke after tokens reached the caller; it is not retried behind the caller's back."""
+
+
+@dataclass
+class Completion:
+    text: str
+    decision: Decision
+    deployment: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    usage_estimated: bool
+    cost_usd: float
+    ttft_s: float | None
+    latency_s: float
+    cached: bool = False
+    attempts: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["decision"] = self.decision.explain()
+        return data
+
+
+@dataclass(frozen=True)
+class _Failure:
+    retryable: bool
+    retry_after_s: float | None
+    reason: str
+
+
+def classify(exc: BaseException) -> _Failure:
+    if isinstance(exc, openai.RateLimitError):
+        header = exc.response.headers.get("retry-after") if exc.response is not None else None
+        return _Failure(True, float(header) if header and header.replace(".", "", 1).isdigit() else None, "429")
+    if isinstance(exc, openai.APIStatusError):
+        return _Failure(exc.status_code >= 500, None, f"HTTP {exc.status_code}")
+    if isinstance(exc, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError):
+        return _Failure(True, None, "timeout")
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError | ConnectionError):
+        return _Failure(True, None, "connection failed")
+    return _Failure(False, None, type(exc).__name__)
+
+
+def to_messages(messages: list[dict[str, str]]) -> list[BaseMessage]:
+    out: list[BaseMessage] = []
+    for m in messages:
+        role, content = m.get("role"), m.get("content", "")
+        if role == "system":
+            out.append(SystemMessage(content))
+        elif role == "user":
+            out.append(HumanMessage(content))
+        elif role == "assistant":
+            out.append(AIMessageChunk(content=content))
+        else:
+            raise InvalidInputError(f"unknown message role {role!r}: use system, user or assistant")
+    if not out or not isinstance(out[-1], HumanMessage):
+        raise InvalidInputError("the last message must be the user's")
+    return out
+
+
+def chat_model(d: Deployment, max_tokens: int, temperature: float, http: httpx.AsyncClient) -> BaseChatModel:
+    import os
+
+    key = os.environ.get(d.api_key_env, "") if d.api_key_env else ""
+    if d.provider == "openai":
+        from langchain_openai import ChatOpenAI
+
+        limit: dict[str, Any] = (
+            {"extra_body": {"max_tokens": max_tokens}}
+            if d.max_tokens_param == "max_tokens"
+            else {"max_tokens": max_tokens}
+        )
+        return ChatOpenAI(model=d.model, base_url=d.base_url, api_key=SecretStr(key or "none"), timeout=d.timeout_s,
+                          max_retries=0, temperature=temperature, stream_usage=True, http_async_client=http,
+                          **limit)  # fmt: skip
+    try:
+        from langchain.chat_models import init_chat_model  # anthropic / ollama: their LangChain packages
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"deployment {d.name}: provider {d.provider} needs `langchain` and `langchain-{d.provider}` installed"
+        ) from exc
+
+    kwargs: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens, "timeout": d.timeout_s}
+    if d.base_url:
+        kwargs["base_url"] = d.base_url
+    model: BaseChatModel = init_chat_model(d.model, model_provider=d.provider, **kwargs)
+    return model
+
+
+class ModelClient:
+    def __init__(
+        self,
+        fleet: Fleet,
+        router: Router,
+        balancer: Balancer,
+        ledger: Ledger,
+        cache: ResponseCache,
+        observe: Callable[[Completion, list[dict[str, str]]], None] = lambda c, m: None,
+    ) -> None:
+        self.fleet = fleet
+        self.router = router
+        self.balancer = balancer
+        self.ledger = ledger
+        self.cache = cache
+        self._observe = observe
+        self._rng = random.Random()
+        # One connection pool per event loop: an httpx client must not outlive the loop it
+        # was made in (a Celery task runs each call in a loop of its own).
+        self._http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _http_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if loop not in self._http:
+            self._http[loop] = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=256))
+        return self._http[loop]
+
+    async def complete(
+        self,
+        tenant: str,
+        messages: list[dict[str, str]],
+        *,
+        hint: str | None = None,
+        needs_tools: bool = False,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        bypass_cache: bool = False,
+        on_token: OnToken | None = None,
+    ) -> Completion:
+        chat = to_messages(messages)
+        policy = self.fleet.policy_for(tenant)
+        decision = self.router.decide(str(chat[-1].content), hint=hint, needs_tools=needs_tools, policy=policy)
+        decision = self._within_budget(tenant, decision)
+        from observability.instruments import model_metrics
+
+        metrics = model_metrics()
+        metrics.decisions.labels(decision.tier, decision.stage).inc()
+        params = {"max_tokens": max_tokens, "temperature": temperature}
+        key = self.cache.key(tenant, [d.model for d in self.fleet.in_tier(decision.tier)], messages, params)
+        hit = None if bypass_cache else self.cache.get(key)
+        metrics.cache.labels("bypass" if bypass_cache else "hit" if hit else "miss").inc()
+        if hit is not None:
+            completion = Completion(**{**hit, "decision": decision, "cached": True, "cost_usd": 0.0})
+            if on_token is not None:
+                await on_token(completion.text)
+            return completion
+        completion = await self._call(decision, chat, max_tokens, temperature, on_token)
+        cost_tier = next(d for d in self.fleet.deployments if d.name == completion.deployment).tier
+        self.ledger.record(tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd)
+        stored = completion.public()
+        stored.pop("decision")
+        stored.pop("cached")
+        self.cache.put(key, stored)
+        self._observe(completion, messages)
+        return completion
+
+    def _within_budget(self, tenant: str, decision: Decision) -> Decision:
+        policy = self.fleet.policy_for(tenant)
+        if policy.budget_usd is None:
+            return decision
+        spent = self.ledger.spent(tenant)
+        if spent < policy.budget_usd:
+            return decision
+        if policy.over_budget == "downgrade":
+            cheapest = self.fleet.tiers[0]
+            return Decision(cheapest, "policy", f"over budget (${spent:.4f} of ${policy.budget_usd}): downgraded")
+        raise BudgetExceededError(f"tenant {tenant!r} has spent ${spent:.4f} of its ${policy.budget_usd} budget")
+
+    async def _call(
+        self, decision: Decision, chat: list[BaseMessage], max_tokens: int, temperature: float, on_token: OnToken | None
+    ) -> Completion:
+        attempts: list[str] = []
+        tiers = self.fleet.tiers
+        start = tiers.index(decision.tier)
+        order = tiers[start:] if self.fleet.fallback_to_next_tier else [decision.tier]
+        for tier in order:
+            tried: set[str] = set()
+            while (picked := self.balancer.pick(tier, self.fleet.in_tier(tier), tried)) is not None:
+                deployment = next(d for d in self.fleet.deployments if d.name == picked.name)
+                tried.add(deployment.name)
+                for attempt in range(self.fleet.retries + 1):
+                    try:
+                        result = await self._stream(deployment, chat, max_tokens, temperature, on_token)
+                    except PartialStreamError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - classified below; only deliberate errors escape
+                        failure = classify(exc)
+                        attempts.append(f"{deployment.name}: {failure.reason}")
+                        if failure.retry_after_s is not None:
+                            self.balancer.state.open_for(deployment.name, failure.retry_after_s)
+                        elif self.balancer.state.record_failure(deployment.name) or not failure.retryable:
+                            break
+                        if not failure.retryable or failure.retry_after_s is not None or attempt == self.fleet.retries:
+                            break
+                        await asyncio.sleep(self._backoff(attempt))
+                        continue
+                    self.balancer.state.record_success(deployment.name)
+                    result.decision, result.attempts = decision, attempts
+                    if tier != decision.tier:
+                        result.decision = Decision(tier, decision.stage, f"{decision.reason}; fell back to {tier}",
+                                                   decision.score, decision.threshold)  # fmt: skip
+                    return result
+        if not any(self.fleet.in_tier(t) for t in order):
+            raise ModelUnavailableError(f"no deployment serves tier {decision.tier!r}" + (
+                " or a higher one" if len(order) > 1 else ""))  # fmt: skip
+        raise ModelUnavailableError(
+            "no model deployment could answer" + (f": {'; '.join(attempts)}" if attempts else " (all cooling down)")
+        )
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.fleet.backoff_max_s, self.fleet.backoff_base_s * 2**attempt)
+        return self._rng.uniform(0, ceiling)  # full jitter: retries of many callers spread out
+
+    async def _stream(
+        self, d: Deployment, chat: list[BaseMessage], max_tokens: int, temperature: float, on_token: OnToken | None
+    ) -> Completion:
+        from observability.instruments import model_metrics
+
+        metrics = model_metrics()
+        model = chat_model(d, max_tokens, temperature, self._http_client())
+        state = self.balancer.state
+        state.acquire(d.name)
+        metrics.in_flight.labels(d.name).inc()
+        started = time.perf_counter()
+        ttft: float | None = None
+        pieces: list[str] = []
+        usage: dict[str, Any] | None = None
+        try:
+            async with asyncio.timeout(d.timeout_s):
+                async for chunk in model.astream(chat):
+                    if chunk.usage_metadata:
+                        usage = dict(chunk.usage_metadata)
+                    text = chunk.content if isinstance(chunk.content, str) else ""
+                    if not text:
+                        continue
+                    if ttft is None:
+                        ttft = time.perf_counter() - started
+                        metrics.ttft.labels(d.name).observe(ttft)
+                    pieces.append(text)
+                    if on_token is not None:
+                        await on_token(text)
+                    if len(pieces) >= max_tokens:  # servers that ignore the limit still stop here
+                        break
+        except Exception as exc:
+            if pieces and on_token is not None:
+                raise PartialStreamError(
+                    f"{d.name} failed after streaming {len(pieces)} chunks ({classify(exc).reason}); not retried"
+                ) from exc
+            raise
+        finally:
+            state.release(d.name)
+            metrics.in_flight.labels(d.name).dec()
+        latency = time.perf_counter() - started
+        state.record_latency(d.name, ttft if ttft is not None else latency)
+        text = "".join(pieces)
+        estimated = usage is None  # e.g. llama.cpp sends no usage on streams: count roughly, and say so
+        tokens_in = int(usage["input_tokens"]) if usage else sum(len(str(m.content)) for m in chat) // 4 + 1
+        tokens_out = int(usage["output_tokens"]) if usage else len(pieces)
+        metrics.tokens.labels(d.name, "in").inc(tokens_in)
+        metrics.tokens.labels(d.name, "out").inc(tokens_out)
+        return Completion(text, Decision(d.tier, "", ""), d.name, d.model, tokens_in, tokens_out, estimated,
+                          d.cost(tokens_in, tokens_out), ttft, latency)  # fmt: skip

@@ -1,0 +1,83 @@
+"""An OpenAI-compatible chat server on loopback whose latency and faults a test controls.
+
+It stands in for a remote provider (the kind of failures one cannot order from a real
+one on demand: 429 with Retry-After, 5xx, stalls). The real local model is used
+wherever a test is about real generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Behaviour:
+    delay_s: float = 0.0  # before the first token
+    status: int = 200  # answer this status instead (429, 500, ...)
+    retry_after_s: int | None = None
+    tokens: int = 5
+    calls: int = 0
+    started: list[float] = field(default_factory=list)
+
+
+class ProviderSimulator:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.behaviour = Behaviour()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                                Route("/v1/models", self._models)])  # fmt: skip
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)
+
+    async def _models(self, _: Request) -> Response:
+        return JSONResponse({"data": [{"id": self.name}]})
+
+    async def _chat(self, request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        b = self.behaviour
+        b.calls += 1
+        b.started.append(time.monotonic())
+        if b.status != 200:
+            headers = {"Retry-After": str(b.retry_after_s)} if b.retry_after_s is not None else {}
+            return JSONResponse({"error": {"message": f"simulated {b.status}"}}, b.status, headers=headers)
+        await asyncio.sleep(b.delay_s)
+        words = [f"{self.name}-word{i} " for i in range(b.tokens)]
+        if not body.get("stream"):
+            return JSONResponse(_completion(self.name, "".join(words)))
+        return StreamingResponse(self._events(words), media_type="text/event-stream")
+
+    async def _events(self, words: list[str]) -> Any:
+        for word in words:
+            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.name,
+                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}  # fmt: skip
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+
+def _completion(model: str, text: str) -> dict[str, Any]:
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}  # fmt: skip

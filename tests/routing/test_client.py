@@ -1,0 +1,170 @@
+"""Model calls through router, balancer and real backends: streaming, failover, faults, cache, budget."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis
+
+from core.settings import Settings
+from orchestrion.launcher import services
+from orchestrion.launcher.ports import PortBook
+from orchestrion.launcher.supervisor import launch
+from routing.balancer import Balancer, FleetState, HealthSettings
+from routing.client import BudgetExceededError, ModelClient, ModelUnavailableError
+from routing.fleet import Deployment, Fleet, embedded_fleet
+from routing.ledger import Ledger, ResponseCache
+from routing.router import Router, TenantPolicy
+from tests.conftest import CONSOLE
+from tests.provider_simulator import ProviderSimulator
+
+ASK = [{"role": "user", "content": "Name a primary colour."}]
+
+
+def _client(valkey: str, fleet: Fleet, policy: str = "least_connections", **health: float) -> ModelClient:
+    client = redis.Redis.from_url(valkey)
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    state = FleetState(client, prefix, HealthSettings(**health))  # type: ignore[arg-type]
+    router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
+    return ModelClient(fleet, router, Balancer(state, policy), Ledger(client, prefix),  # type: ignore[arg-type]
+                       ResponseCache(client, prefix, fleet.cache_ttl_s))  # fmt: skip
+
+
+def _complete(client: ModelClient, tenant: str = "acme", **kwargs: object) -> object:
+    kwargs.setdefault("hint", "small")  # these fleets serve the small tier
+    return anyio.run(lambda: client.complete(tenant, ASK, **kwargs))  # type: ignore[arg-type]
+
+
+def test_real_local_model_streams_with_ttft_usage_and_cost(valkey: str, local_llm: str) -> None:
+    client = _client(valkey, embedded_fleet([local_llm], "gemma-3-270m"))
+    streamed: list[str] = []
+
+    async def on_token(text: str) -> None:
+        streamed.append(text)
+
+    done = anyio.run(lambda: client.complete("acme", ASK, hint="small", max_tokens=12, on_token=on_token))
+
+    assert done.text and "".join(streamed) == done.text
+    assert done.ttft_s is not None and 0 < done.ttft_s <= done.latency_s
+    assert 0 < done.tokens_out <= 12  # the limit holds although the server ignores max_completion_tokens
+    assert done.usage_estimated  # llama.cpp streams no usage: counted here, and flagged as such
+    assert done.cost_usd > 0 and done.deployment == "local-small-1"
+    usage = client.ledger.usage("acme")
+    assert usage["small"]["calls"] == 1 and usage["small"]["tokens_out"] == done.tokens_out
+
+
+def test_identical_request_is_served_from_cache_unless_bypassed(valkey: str, local_llm: str) -> None:
+    client = _client(valkey, embedded_fleet([local_llm], "gemma-3-270m"))
+    first = _complete(client, hint="small", max_tokens=8)
+    second = _complete(client, hint="small", max_tokens=8)
+    fresh = _complete(client, hint="small", max_tokens=8, bypass_cache=True)
+    other_tenant = _complete(client, tenant="globex", hint="small", max_tokens=8)
+
+    assert not first.cached and second.cached and second.text == first.text  # type: ignore[attr-defined]
+    assert second.cost_usd == 0  # type: ignore[attr-defined]
+    assert not fresh.cached and not other_tenant.cached  # type: ignore[attr-defined]
+    assert client.ledger.usage("acme")["small"]["calls"] == 2  # the cached answer cost nothing
+
+
+@pytest.fixture
+def second_llm(service_settings: Settings, tmp_path: Path) -> Iterator[dict[str, object]]:
+    spec = services.llm_spec(service_settings, PortBook(tmp_path), CONSOLE, replica=2)
+    holder: dict[str, object] = {"spec": spec, "process": launch(spec, tmp_path, CONSOLE), "dir": tmp_path}
+    yield holder
+    holder["process"].stop()  # type: ignore[attr-defined]
+
+
+def test_stopped_backend_cools_down_and_recovers_when_restarted(
+    valkey: str, local_llm: str, second_llm: dict[str, object]
+) -> None:
+    spec = second_llm["spec"]
+    fleet = embedded_fleet([local_llm, spec.urls["llm_base_url"]], "gemma-3-270m")  # type: ignore[attr-defined]
+    client = _client(valkey, fleet, "round_robin", failures_to_open=2, cooldown_s=1.0, probe_timeout_s=30)
+    state = client.balancer.state
+
+    second_llm["process"].stop()  # type: ignore[attr-defined]
+    answers = [_complete(client, hint="small", max_tokens=4, bypass_cache=True) for _ in range(6)]
+
+    assert {a.deployment for a in answers} == {"local-small-1"}  # type: ignore[attr-defined]
+    assert state.status("local-small-2") in ("open", "half-open")
+    assert any("local-small-2: connection failed" in a for ans in answers for a in ans.attempts)  # type: ignore[attr-defined]
+
+    second_llm["process"] = launch(spec, second_llm["dir"], CONSOLE)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 60
+    while state.status("local-small-2") != "closed" and time.monotonic() < deadline:
+        _complete(client, hint="small", max_tokens=4, bypass_cache=True)
+        time.sleep(0.5)
+    assert state.status("local-small-2") == "closed"  # the half-open probe succeeded
+
+
+@pytest.fixture
+def simulators() -> Iterator[list[ProviderSimulator]]:
+    sims = [ProviderSimulator("sim-a"), ProviderSimulator("sim-b")]
+    yield sims
+    for sim in sims:
+        sim.close()
+
+
+def _sim_fleet(sims: list[ProviderSimulator], **fleet: object) -> Fleet:
+    deployments = [Deployment(name=s.name, tier="small", model=s.name, base_url=s.base_url, timeout_s=1.0,
+                              price_in_per_m=1, price_out_per_m=1) for s in sims]  # fmt: skip
+    return Fleet(deployments=deployments, retries=1, backoff_base_s=0.01, **fleet)  # type: ignore[arg-type]
+
+
+def test_429_honours_retry_after_and_5xx_fails_over(valkey: str, simulators: list[ProviderSimulator]) -> None:
+    a, b = simulators
+    client = _client(valkey, _sim_fleet(simulators), "round_robin", failures_to_open=5)
+    a.behaviour.status, a.behaviour.retry_after_s = 429, 30
+
+    answers = [_complete(client, bypass_cache=True) for _ in range(4)]
+
+    assert {x.deployment for x in answers} == {"sim-b"}  # type: ignore[attr-defined]
+    assert a.behaviour.calls == 1  # after its 429, sim-a is left alone for Retry-After
+    assert client.balancer.state.status("sim-a") == "open"
+
+    b.behaviour.status = 503
+    a.behaviour.status = 200
+    client.balancer.state.record_success("sim-a")
+    calls_before = b.behaviour.calls
+    assert _complete(client, bypass_cache=True).deployment == "sim-a"  # type: ignore[attr-defined]
+    assert b.behaviour.calls - calls_before in (0, 2)  # tried (and retried once) only if picked first
+
+
+def test_timeouts_are_retried_then_reported(valkey: str, simulators: list[ProviderSimulator]) -> None:
+    for sim in simulators:
+        sim.behaviour.delay_s = 3.0  # beyond the deployments' 1 s timeout
+    client = _client(valkey, _sim_fleet(simulators, fallback_to_next_tier=False))
+    with pytest.raises(ModelUnavailableError, match="timeout"):
+        _complete(client, bypass_cache=True)
+    assert all(s.behaviour.calls == 2 for s in simulators)  # one try + one retry each
+
+
+def test_budget_refuses_or_downgrades(valkey: str, simulators: list[ProviderSimulator]) -> None:
+    fleet = _sim_fleet(simulators)
+    fleet.tenants["thrifty"] = TenantPolicy(budget_usd=0.0000001)
+    fleet.tenants["frugal"] = TenantPolicy(budget_usd=0.0000001, over_budget="downgrade", max_tier="small")
+    client = _client(valkey, fleet)
+    _complete(client, tenant="thrifty", bypass_cache=True)
+    with pytest.raises(BudgetExceededError, match="budget"):
+        _complete(client, tenant="thrifty", bypass_cache=True)
+    _complete(client, tenant="frugal", bypass_cache=True)
+    downgraded = _complete(client, tenant="frugal", bypass_cache=True)
+    assert "over budget" in downgraded.decision.reason  # type: ignore[attr-defined]
+
+
+def test_fleet_file_errors_name_the_field(tmp_path: Path) -> None:
+    from core.errors import ConfigurationError
+    from routing.fleet import load_fleet
+
+    path = tmp_path / "fleet.yaml"
+    path.write_text("deployments:\n  - name: x\n    tier: huge\n    model: m\n")
+    with pytest.raises(ConfigurationError, match="unknown tiers"):
+        load_fleet(path)
+    path.write_text("deployments:\n  - name: x\n    tier: small\n    model: m\n    price_in_per_m: -1\n")
+    with pytest.raises(ConfigurationError, match="price_in_per_m"):
+        load_fleet(path)
