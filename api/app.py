@@ -21,7 +21,7 @@ from core.settings import Settings
 from core.stack import resolve_endpoints
 from mcp_servers.context import ServerDeps
 from mcp_servers.ping import orchestrion_version
-from mcp_servers.server import build_server
+from mcp_servers.server import attach_models, build_server
 from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
 from observability.metrics import render_latest
 from observability.tracing import init_tracing
@@ -79,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         state["queues"] = _queue_depth_registry(settings, endpoints.redis_url)
         app.state.rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings)
         deps.rag = app.state.rag
+        attach_models(deps, settings, app.state.rag, tracing.langfuse)
         try:
             async with mcp.session_manager.run():
                 yield

@@ -98,10 +98,20 @@ class ModelsSettings(BaseModel):
         default=None,
         description="Base URL (ending in /v1) of a running local OpenAI-compatible server; unset: embedded llama.cpp.",
     )
+    local_llm_urls: str | None = Field(
+        default=None, description="Comma-separated base URLs of several local servers (set by `orchestrion up`)."
+    )
     local_model_path: Path | None = Field(
         default=None, description="GGUF file for the embedded llama.cpp server; unset: the bundled Gemma 3 270M."
     )
     local_context_tokens: int = Field(default=4096, ge=256, description="Context window of the embedded server.")
+    local_replicas: int = Field(
+        default=2, ge=1, le=8, description="Embedded llama.cpp servers (both tiers balance across them)."
+    )
+    fleet_file: Path | None = Field(
+        default=None,
+        description="YAML/TOML/JSON fleet file: deployments, policy, tenant budgets (routing/fleet.py).",
+    )
 
     @property
     def provider_configured(self) -> bool:

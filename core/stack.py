@@ -93,6 +93,7 @@ _HINTS = {
     "weaviate_url": "WEAVIATE_URL",
     "weaviate_grpc": "ORCHESTRION_WEAVIATE__GRPC_URL",
     "llm_base_url": "OPENAI_BASE_URL or ORCHESTRION_MODELS__LOCAL_LLM_URL",
+    "llm_base_urls": "ORCHESTRION_MODELS__LOCAL_LLM_URLS",
     "api_url": "nothing: the API server runs with `orchestrion up` or `orchestrion serve`",
     "mcp_url": "nothing: the MCP endpoint runs with `orchestrion up` or `orchestrion serve`",
 }
@@ -106,6 +107,7 @@ def resolve_endpoints(settings: Settings) -> Endpoints:
         "weaviate_url": settings.weaviate.url,
         "weaviate_grpc": settings.weaviate.grpc_url,
         "llm_base_url": settings.models.local_llm_url,
+        "llm_base_urls": settings.models.local_llm_urls,
     }
     found.update({k: v for k, v in configured.items() if v})
     return Endpoints(data_dir=settings.data_dir, found=found)

@@ -11,6 +11,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from core.errors import AuthenticationError, BusyError, OrchestrionError
 from rag.services import RagServices
+from routing.client import ModelClient
 
 
 @dataclass
@@ -23,6 +24,8 @@ class ServerDeps:
 
     rag: RagServices | None = None
     local_tenant: str | None = None
+    models: ModelClient | None = None
+    models_error: str = ""
 
     def services(self) -> RagServices:
         if self.rag is None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+from langfuse import Langfuse
 from mcp.server.mcpserver import MCPServer
 
-from core.errors import ConfigurationError
+from core.errors import ConfigurationError, OrchestrionError
 from core.settings import Settings
 from core.tenancy import tenant_registry
 from mcp_servers.auth import RegistryTokenVerifier, auth_settings
@@ -17,8 +19,12 @@ from mcp_servers.context import ServerDeps
 from mcp_servers.ingest import add_ingest_tools
 from mcp_servers.ping import add_ping_tool, orchestrion_version
 from mcp_servers.retrieval import add_retrieval_tools
+from mcp_servers.router import add_router_tools
+from rag.services import RagServices
 
-SERVERS = ("all", "retrieval", "ingest")
+log = logging.getLogger(__name__)
+
+SERVERS = ("all", "retrieval", "ingest", "router")
 
 
 def build_server(
@@ -41,6 +47,7 @@ def build_server(
 
         rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings)
         deps.rag = rag
+        attach_models(deps, settings, rag)
         try:
             yield
         finally:
@@ -61,4 +68,17 @@ def build_server(
         add_retrieval_tools(server, deps)
     if which in ("all", "ingest"):
         add_ingest_tools(server, deps, settings.rag.progress_wait_s)
+    if which in ("all", "router"):
+        add_router_tools(server, deps)
     return server
+
+
+def attach_models(deps: ServerDeps, settings: Settings, rag: RagServices, langfuse: Langfuse | None = None) -> None:
+    """The model client, when a fleet is configured; otherwise the router tools say why not."""
+    from routing.services import open_models
+
+    try:
+        deps.models = open_models(settings, rag.redis, rag.embedder, langfuse)
+    except OrchestrionError as exc:
+        deps.models_error = str(exc)
+        log.warning("model router unavailable: %s", exc)

@@ -14,12 +14,14 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import openai
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langfuse import Langfuse
 from pydantic import SecretStr
 
 from core.errors import ConfigurationError, InvalidInputError, OrchestrionError
@@ -138,14 +140,14 @@ class ModelClient:
         balancer: Balancer,
         ledger: Ledger,
         cache: ResponseCache,
-        observe: Callable[[Completion, list[dict[str, str]]], None] = lambda c, m: None,
+        langfuse: Langfuse | None = None,
     ) -> None:
         self.fleet = fleet
         self.router = router
         self.balancer = balancer
         self.ledger = ledger
         self.cache = cache
-        self._observe = observe
+        self._langfuse = langfuse
         self._rng = random.Random()
         # One connection pool per event loop: an httpx client must not outlive the loop it
         # was made in (a Celery task runs each call in a loop of its own).
@@ -195,7 +197,6 @@ class ModelClient:
         stored.pop("decision")
         stored.pop("cached")
         self.cache.put(key, stored)
-        self._observe(completion, messages)
         return completion
 
     def _within_budget(self, tenant: str, decision: Decision) -> Decision:
@@ -224,7 +225,7 @@ class ModelClient:
                 tried.add(deployment.name)
                 for attempt in range(self.fleet.retries + 1):
                     try:
-                        result = await self._stream(deployment, chat, max_tokens, temperature, on_token)
+                        result = await self._traced(deployment, decision, chat, max_tokens, temperature, on_token)
                     except PartialStreamError:
                         raise
                     except Exception as exc:  # noqa: BLE001 - classified below; only deliberate errors escape
@@ -254,6 +255,45 @@ class ModelClient:
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.fleet.backoff_max_s, self.fleet.backoff_base_s * 2**attempt)
         return self._rng.uniform(0, ceiling)  # full jitter: retries of many callers spread out
+
+    async def _traced(
+        self,
+        d: Deployment,
+        decision: Decision,
+        chat: list[BaseMessage],
+        max_tokens: int,
+        temperature: float,
+        on_token: OnToken | None,
+    ) -> Completion:
+        """One attempt as a Langfuse generation: model, usage, cost, TTFT, and the routing decision."""
+        if self._langfuse is None:
+            return await self._stream(d, chat, max_tokens, temperature, on_token)
+        with self._langfuse.start_as_current_observation(
+            as_type="generation",
+            name=f"llm {d.tier}",
+            model=d.model,
+            input=[{"role": m.type, "content": m.content} for m in chat],
+            model_parameters={"max_tokens": max_tokens, "temperature": temperature},
+            metadata={"deployment": d.name, "routing": decision.explain()},
+        ) as generation:
+            started = datetime.now(UTC)
+            try:
+                result = await self._stream(d, chat, max_tokens, temperature, on_token)
+            except Exception as exc:
+                generation.update(level="ERROR", status_message=f"{d.name}: {classify(exc).reason}")
+                raise
+            generation.update(
+                output=result.text,
+                usage_details={"input": result.tokens_in, "output": result.tokens_out},
+                cost_details={"total": result.cost_usd},
+                completion_start_time=started + timedelta(seconds=result.ttft_s) if result.ttft_s else None,
+                metadata={
+                    "deployment": d.name,
+                    "routing": decision.explain(),
+                    "usage_estimated": result.usage_estimated,
+                },
+            )
+            return result
 
     async def _stream(
         self, d: Deployment, chat: list[BaseMessage], max_tokens: int, temperature: float, on_token: OnToken | None

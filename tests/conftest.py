@@ -184,10 +184,13 @@ class ApiServer:
 
 
 @pytest.fixture(scope="session")
-def api_server(stack_env: dict[str, str], celery_worker: WorkerHandle, services_dir: Path) -> Iterator[ApiServer]:
-    """A real `orchestrion serve` process (HTTP API and MCP at /mcp) on the session's services."""
+def api_server(
+    stack_env: dict[str, str], celery_worker: WorkerHandle, services_dir: Path, local_llm: str
+) -> Iterator[ApiServer]:
+    """A real `orchestrion serve` process (HTTP API and MCP at /mcp) on the session's services,
+    with the real local model behind its router."""
     port = free_port()
-    env = {**stack_env, "ORCHESTRION_SERVER__PORT": str(port)}
+    env = {**stack_env, "ORCHESTRION_SERVER__PORT": str(port), "ORCHESTRION_MODELS__LOCAL_LLM_URL": local_llm}
     url = f"http://127.0.0.1:{port}"
     spec = services.ServiceSpec(
         name="api",

@@ -188,6 +188,7 @@ def app_env(settings: Settings, urls: dict[str, str]) -> dict[str, str]:
         "weaviate_url": "WEAVIATE_URL",
         "weaviate_grpc": "ORCHESTRION_WEAVIATE__GRPC_URL",
         "llm_base_url": "ORCHESTRION_MODELS__LOCAL_LLM_URL",
+        "llm_base_urls": "ORCHESTRION_MODELS__LOCAL_LLM_URLS",
     }
     env.update({names[k]: v for k, v in urls.items() if k in names})
     return env

@@ -134,7 +134,14 @@ class Stack:
         if not s.weaviate.url:
             self._launch(services.weaviate_spec(s, ports, self.console))
         if not s.models.local_llm_url and not s.models.provider_configured:
-            self._launch(services.llm_spec(s, ports, self.console))
+            replicas = s.models.local_replicas
+            threads = max(1, (os.cpu_count() or 1) // replicas)
+            bases = []
+            for replica in range(1, replicas + 1):
+                spec = services.llm_spec(s, ports, self.console, replica=replica, threads=threads)
+                bases.append(spec.urls["llm_base_url"])
+                self._launch(spec)
+            self.urls["llm_base_url"], self.urls["llm_base_urls"] = bases[0], ",".join(bases)
         self._launch(self._worker(ports))
         self._launch(services.api_spec(s, ports, self.urls))
         ports.save()

@@ -1,0 +1,130 @@
+"""Model router tools: explain a routing decision, answer through the router, list models, show usage."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel, Field
+
+from core.errors import OrchestrionError
+from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from routing.client import ModelClient
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=100_000)
+
+
+class RouteDecision(BaseModel):
+    tier: str
+    stage: str = Field(description="policy, hint, rule or classifier")
+    reason: str
+    score: float | None = Field(description="Classifier P(complex), when the classifier decided.")
+    threshold: float | None
+
+
+class Answer(BaseModel):
+    text: str
+    decision: RouteDecision
+    deployment: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    usage_estimated: bool = Field(description="True when the provider reported no usage and it was counted here.")
+    cost_usd: float
+    ttft_s: float | None
+    latency_s: float
+    cached: bool
+    attempts: list[str] = Field(description="Failed attempts before the answer (deployment: reason).")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    tier: str
+    model: str
+    health: str = Field(description="closed (healthy), open (cooling down) or half-open (probing)")
+    in_flight: int
+    ewma_latency_s: float | None
+    price_in_per_m: float
+    price_out_per_m: float
+
+
+class Models(BaseModel):
+    policy: str
+    models: list[ModelInfo]
+
+
+class Usage(BaseModel):
+    tiers: dict[str, dict[str, float]] = Field(description="Per tier: calls, tokens_in, tokens_out, cost_usd.")
+    total_cost_usd: float
+
+
+def _models(deps: ServerDeps) -> ModelClient:
+    if deps.models is None:
+        raise OrchestrionError(f"the model router is not available here: {deps.models_error or 'starting'}")
+    return deps.models
+
+
+def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
+    @server.tool(description="Explain which model tier would answer, and why, without calling a model.")
+    async def route(
+        text: str = Field(min_length=1, max_length=100_000),
+        hint: str | None = Field(default=None, description="Ask for a tier (small, large)."),
+        needs_tools: bool = False,
+    ) -> RouteDecision:
+        with client_errors():
+            models, tenant = _models(deps), caller_tenant(deps)
+            policy = models.fleet.policy_for(tenant)
+            decision = await anyio.to_thread.run_sync(
+                lambda: models.router.decide(text, hint=hint, needs_tools=needs_tools, policy=policy)
+            )
+            return RouteDecision(**decision.explain())  # type: ignore[arg-type]
+
+    @server.tool(description="Route and answer; streams the answer as progress notifications while it is generated.")
+    async def complete(
+        messages: list[Message] = Field(min_length=1, max_length=200),
+        hint: str | None = None,
+        max_tokens: int = Field(default=256, ge=1, le=8192),
+        temperature: float = Field(default=0.0, ge=0, le=2),
+        bypass_cache: bool = False,
+        ctx: Context | None = None,
+    ) -> Answer:
+        with client_errors():
+            models, tenant = _models(deps), caller_tenant(deps)
+            sent = 0
+
+            async def on_token(text: str) -> None:
+                nonlocal sent
+                sent += 1
+                if ctx is not None:
+                    await ctx.report_progress(sent, None, text)
+
+            asked = [m.model_dump() for m in messages]
+            options = {"max_tokens": max_tokens, "temperature": temperature, "bypass_cache": bypass_cache}
+            done = await models.complete(tenant, asked, hint=hint, on_token=on_token, **options)  # type: ignore[arg-type]
+            data: dict[str, Any] = done.public()
+            return Answer(**{**data, "decision": RouteDecision(**data["decision"])})
+
+    @server.tool(description="The model deployments: tier, health, calls in flight, latency, prices.")
+    async def list_models() -> Models:
+        with client_errors():
+            models = _models(deps)
+            caller_tenant(deps)
+            state = models.balancer.state
+            names = [d.name for d in models.fleet.deployments]
+            loads, latency = state.in_flight(names), state.latencies(names)
+            infos = [ModelInfo(name=d.name, tier=d.tier, model=d.model, health=state.status(d.name),
+                               in_flight=loads[d.name], ewma_latency_s=latency[d.name],
+                               price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m)
+                     for d in models.fleet.deployments]  # fmt: skip
+            return Models(policy=models.fleet.policy, models=infos)
+
+    @server.tool(description="The caller's token usage and cost, per tier.")
+    async def get_usage() -> Usage:
+        with client_errors():
+            models, tenant = _models(deps), caller_tenant(deps)
+            tiers = models.ledger.usage(tenant)
+            return Usage(tiers=tiers, total_cost_usd=round(sum(t.get("cost_usd", 0.0) for t in tiers.values()), 8))
