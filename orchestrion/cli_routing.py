@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrion.cli import _clear_errors, app, console
+from orchestrion.cli import _clear_errors, _settings, app, console
 
 router_app = typer.Typer(help="The model router: train the classifier, explain decisions.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
@@ -46,3 +46,40 @@ def route(text: str, hint: Annotated[str | None, typer.Option(help="Caller's tie
     embedder = LocalEmbedder()
     router = Router(RuleSettings(), Classifier.load(), embedder.embed)
     print(json.dumps(router.decide(text, hint=hint).explain(), indent=2))
+
+
+@router_app.command("usage")
+@_clear_errors
+def usage(tenant: Annotated[str | None, typer.Option(help="Tenant (default: the local default).")] = None) -> None:
+    """A tenant's model calls, tokens and cost per tier (from the shared ledger in Redis)."""
+    import redis
+
+    from core.stack import resolve_endpoints
+    from routing.ledger import Ledger
+
+    settings = _settings()
+    client = redis.Redis.from_url(resolve_endpoints(settings).redis_url)
+    name = tenant or settings.tenants.default
+    tiers = Ledger(client, settings.redis.key_prefix).usage(name)
+    total = sum(t.get("cost_usd", 0.0) for t in tiers.values())
+    print(json.dumps({"tenant": name, "tiers": tiers, "total_cost_usd": total}, indent=2))
+
+
+@router_app.command("models")
+@_clear_errors
+def models() -> None:
+    """The configured deployments with their live health, load and latency."""
+    import redis
+
+    from core.stack import resolve_endpoints
+    from routing.balancer import FleetState
+    from routing.services import configured_fleet
+
+    settings = _settings()
+    fleet = configured_fleet(settings)
+    state = FleetState(redis.Redis.from_url(resolve_endpoints(settings).redis_url), settings.redis.key_prefix)
+    names = [d.name for d in fleet.deployments]
+    loads, latency = state.in_flight(names), state.latencies(names)
+    for d in fleet.deployments:
+        console.print(f"{d.name:24} {d.tier:6} {d.model:28} {state.status(d.name):9} in-flight {loads[d.name]:3} "
+                      f"ewma {latency[d.name] or 0:.3f}s  ${d.price_in_per_m}/${d.price_out_per_m} per M")  # fmt: skip
