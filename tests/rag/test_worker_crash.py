@@ -91,16 +91,16 @@ def test_whole_worker_crash_job_is_redelivered_to_the_next_worker(
     # Short visibility timeout: Redis hands an unacknowledged task to another worker after it.
     env = {
         **crash_env,
-        "ORCHESTRION_CELERY__VISIBILITY_TIMEOUT_S": "30",
-        "ORCHESTRION_CELERY__TASK_TIME_LIMIT_S": "25",
-        "ORCHESTRION_CELERY__TASK_SOFT_TIME_LIMIT_S": "20",
+        "ORCHESTRION_CELERY__VISIBILITY_TIMEOUT_S": "40",
+        "ORCHESTRION_CELERY__TASK_TIME_LIMIT_S": "35",
+        "ORCHESTRION_CELERY__TASK_SOFT_TIME_LIMIT_S": "30",
     }
     tenant = f"crash-{uuid.uuid4().hex[:8]}"
     provision(crash_rag, tenant)
     first, _ = start_worker(env, tmp_path, concurrency=1)
     second = None
     try:
-        [job] = crash_rag.ingest.submit(tenant, [Submission(_long_document(60), "long.md")])
+        [job] = crash_rag.ingest.submit(tenant, [Submission(_long_document(40), "long.md")])
         _wait_embedding(crash_rag, tenant, job)
         os.killpg(first.pid, signal.SIGKILL)  # the machine or container dies: no shutdown, no ack
         first.stop()
