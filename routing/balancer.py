@@ -25,7 +25,7 @@ local x = tonumber(ARGV[1])
 local alpha = tonumber(ARGV[2])
 local new = x
 if old then new = alpha * x + (1 - alpha) * tonumber(old) end
-redis.call('SET', KEYS[1], tostring(new))
+redis.call('SET', KEYS[1], tostring(new), 'PX', ARGV[3])
 return tostring(new)
 """
 
@@ -45,6 +45,7 @@ class HealthSettings:
     max_cooldown_s: float = 120.0
     probe_timeout_s: float = 30.0
     ewma_alpha: float = 0.3
+    latency_memory_s: float = 30.0
 
 
 class FleetState:
@@ -65,7 +66,7 @@ class FleetState:
 
     def release(self, name: str) -> None:
         key = self._key("inflight", name)
-        if int(self.redis.decr(key)) < 0:  # a crashed caller's count was reset meanwhile
+        if int(self.redis.decr(key)) < 0:  # never below zero, whatever the interleaving
             self.redis.set(key, 0)
 
     def in_flight(self, names: Sequence[str]) -> dict[str, int]:
@@ -73,7 +74,10 @@ class FleetState:
         return {n: max(0, int(v or 0)) for n, v in zip(names, values, strict=True)}
 
     def record_latency(self, name: str, seconds: float) -> None:
-        self._ewma(keys=[self._key("ewma", name)], args=[seconds, self.health.ewma_alpha])
+        # The estimate expires unless refreshed: a deployment that was slow and gets no traffic
+        # is forgotten, measured afresh, and so can win traffic back once it has recovered.
+        ttl_ms = int(self.health.latency_memory_s * 1000)
+        self._ewma(keys=[self._key("ewma", name)], args=[seconds, self.health.ewma_alpha, ttl_ms])
 
     def latencies(self, names: Sequence[str]) -> dict[str, float | None]:
         values = self.redis.mget([self._key("ewma", n) for n in names])

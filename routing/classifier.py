@@ -52,8 +52,15 @@ class Classifier:
     metrics: dict[str, Any]
 
     def probability(self, vectors: Sequence[Sequence[float]]) -> list[float]:
-        z = np.asarray(vectors, dtype=np.float64) @ np.asarray(self.weights) + self.bias
+        z = np.asarray(vectors, dtype=np.float64) @ self._weights() + self.bias
         return [float(p) for p in 1.0 / (1.0 + np.exp(-z))]
+
+    def _weights(self) -> np.ndarray:
+        cached: np.ndarray | None = self.__dict__.get("_array")
+        if cached is None:
+            cached = np.asarray(self.weights, dtype=np.float64)
+            object.__setattr__(self, "_array", cached)  # frozen dataclass: a private memo
+        return cached
 
     def save(self, path: Path = ARTEFACT) -> None:
         data = asdict(self)

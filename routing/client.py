@@ -154,6 +154,18 @@ class ModelClient:
         self._http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
+        self._models: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, int, float], BaseChatModel]
+        ] = weakref.WeakKeyDictionary()
+
+    def _chat_model(self, d: Deployment, max_tokens: int, temperature: float) -> BaseChatModel:
+        """Chat models are reused per loop and parameters: building one costs milliseconds of CPU."""
+        loop = asyncio.get_running_loop()
+        models = self._models.setdefault(loop, {})
+        key = (d.name, max_tokens, temperature)
+        if key not in models:
+            models[key] = chat_model(d, max_tokens, temperature, self._http_client())
+        return models[key]
 
     def _http_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -301,7 +313,7 @@ class ModelClient:
         from observability.instruments import model_metrics
 
         metrics = model_metrics()
-        model = chat_model(d, max_tokens, temperature, self._http_client())
+        model = self._chat_model(d, max_tokens, temperature)
         state = self.balancer.state
         state.acquire(d.name)
         metrics.in_flight.labels(d.name).inc()

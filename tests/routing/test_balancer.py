@@ -85,3 +85,18 @@ def test_retry_after_opens_for_that_long_and_no_healthy_node_means_none(valkey: 
     time.sleep(0.5)
     assert balancer.pick("small", NODES) is not None
     assert balancer.pick("small", NODES, exclude={"a", "b", "c"}) is None
+
+
+def test_latency_aware_wins_a_recovered_deployment_back(valkey: str, key_prefix: str) -> None:
+    state = _state(valkey, key_prefix, latency_memory_s=0.5)
+    state.record_latency("b", 1.0)
+    balancer = Balancer(state, "latency_aware", random.Random(3))
+    state.record_latency("a", 0.1)
+    state.record_latency("c", 0.1)
+    assert "b" not in {balancer.pick("small", NODES).name for _ in range(100)}  # type: ignore[union-attr]
+
+    time.sleep(0.6)  # b got no traffic, so nothing refreshed its old, slow estimate
+    state.record_latency("a", 0.1)
+    state.record_latency("c", 0.1)
+    picks = Counter(balancer.pick("small", NODES).name for _ in range(300))  # type: ignore[union-attr]
+    assert picks["b"] > 30, picks  # unmeasured again: it is tried, and can prove it recovered
