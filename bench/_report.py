@@ -8,11 +8,12 @@ import platform
 import time
 from collections.abc import Sequence
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-OUT = Console()  # tables and the summary: stdout
+OUT = Console(width=160)  # tables (Markdown-style, paste into RESULTS.md) and the summary: stdout
 ERR = Console(stderr=True)  # progress: stderr
 
 
@@ -39,7 +40,7 @@ def progress() -> Progress:
 
 
 def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    out = Table(title=title, title_justify="left")
+    out = Table(title=title, title_justify="left", box=box.MARKDOWN)
     for i, header in enumerate(headers):
         out.add_column(header, justify="left" if i == 0 else "right")
     for row in rows:

@@ -9,10 +9,12 @@ Every process started here is stopped in a finally block, in reverse order of st
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from orchestrion.launcher.process import ManagedProcess
 from orchestrion.launcher.supervisor import launch
 from rag.services import RagServices
 from tests.conftest import free_port, settings_from, start_worker  # also drops REDIS_URL & co. from os.environ
+from workers.client import QueueClient
 
 CONSOLE = Console(stderr=True)
 # Bench processes must never pick up a developer's own stack.
@@ -43,6 +46,7 @@ class Deployment:
     api: ManagedProcess | None = None
     api_url: str = ""
     rags: list[RagServices] = field(default_factory=list)
+    queues: list[QueueClient] = field(default_factory=list)
 
     @property
     def prefix(self) -> str:
@@ -52,14 +56,28 @@ class Deployment:
         """RAG services in this process, wired as the API wires them (ingest jobs go to the workers)."""
         from workers.client import open_rag_with_queue
 
-        rag, _queue = open_rag_with_queue(settings_from(self.env))
+        rag, queue = open_rag_with_queue(settings_from(self.env))
         self.rags.append(rag)
+        self.queues.append(queue)
         return rag
+
+    def ingest_depth(self) -> int:
+        """Tasks waiting in this deployment's ingest queue, as the API's backpressure check reads it
+        (workers.app.queue_depth). That opens a broker connection per call (~2.3 ms CPU); use
+        `ingest_depth_fast` to sample often."""
+        return self.queues[0].ingest_depth()
+
+    def ingest_depth_fast(self) -> int:
+        """The same number with one LLEN on the queue's list (Celery's key: `<prefix>:<queue>`)."""
+        return int(self.rags[0].redis.llen(f"{self.prefix}:ingest"))
 
     def stop(self) -> None:
         for rag in self.rags:
             rag.close()
         self.rags.clear()
+        for queue in self.queues:
+            queue.app.close()
+        self.queues.clear()
         for process in [*([self.api] if self.api else []), *reversed(self.workers)]:
             process.stop()
         self.workers.clear()
@@ -120,11 +138,64 @@ class BenchStack:
         )
         return launch(spec, self.logs, self.console), url
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by this process and every process group started here.
+
+        On a shared, noisy machine wall time swings by 2x while CPU time per unit of work stays within a few
+        percent, so benchmarks report it beside wall-clock rates. Exited processes' time is not counted.
+        """
+        return sum(self.cpu_by_role().values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds so far per role: bench (this process), redis, weaviate, workers, api."""
+        roles = {p.pid: p.name for p in self.services}
+        for deployment in self.deployments:
+            roles.update({p.pid: "workers" for p in deployment.workers})
+            if deployment.api is not None:
+                roles[deployment.api.pid] = "api"
+        by_group = group_cpu_seconds(set(roles))
+        out = {"bench": 0.0, "redis": 0.0, "weaviate": 0.0, "workers": 0.0, "api": 0.0}
+        for pgid, seconds in by_group.items():
+            out[roles[pgid]] += seconds
+        out["bench"] = time.process_time()
+        return out
+
     def stop(self) -> None:
         while self.deployments:
             self.deployments.pop().stop()
         while self.services:
             self.services.pop().stop()
+
+
+def group_cpu_seconds(groups: set[int]) -> dict[int, float]:
+    """utime + stime per process group in `groups`, summed over its live members (read from /proc)."""
+    ticks = dict.fromkeys(groups, 0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+        pgid = int(fields[2])  # fields: state ppid pgrp ... utime=11 stime=12
+        if pgid in ticks:
+            ticks[pgid] += int(fields[11]) + int(fields[12])
+    hz = os.sysconf("SC_CLK_TCK")
+    return {pgid: t / hz for pgid, t in ticks.items()}
+
+
+def add_env_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the worker and API processes (repeatable; for experiments, "
+        "e.g. OMP_WAIT_POLICY=PASSIVE)",
+    )
+
+
+def env_from(args: argparse.Namespace) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in args.env)
 
 
 @contextmanager

@@ -1,0 +1,383 @@
+"""Balancer under a degraded backend: client-side p50/p99 of ModelClient.complete per policy.
+
+Three ProviderSimulator backends (tests/provider_simulator.py, OpenAI-compatible streaming on loopback) answer
+after `--delay-ms` (default 50 ms) each; they run in a child process of their own, as a remote provider would not
+share the client's CPU and GIL. One ModelClient (router -> balancer -> streaming call) serves them, all three in
+tier "small", hint="small", bypass_cache=True, retries 1, with FleetState in a private Valkey started here (the
+launcher's redis_spec) and stopped on exit. `--clients` tasks (default 32) call it in a closed loop for
+`--seconds` per phase (default 25; --quick 7), each loop bounded by the deadline and a call count.
+
+For each policy (round_robin, least_connections, latency_aware), each with a fresh FleetState prefix:
+  * healthy  - all three backends at the base delay for the whole phase (the baseline, same run, same policy);
+  * degraded - halfway through, backend sim-0 becomes 10x slower.
+Reported: p50/p99 over the whole phase and over the second half (calls started after the slowdown), the share
+of second-half calls that went to the slow backend (and how many of them started before any slow call could
+return), client CPU per call and event-loop lag.
+Ratio = degraded second-half p99 / healthy whole-phase p99 of the same policy.
+Target: latency_aware and least_connections ratio <= 1.5 (round_robin is shown as the load-blind reference).
+If the healthy p50 exceeds 1.5x the backend delay, the client process itself is saturated (its own queueing sets
+latency) and the verdict is printed as INVALID instead of PASS/MISS.
+
+    .venv/bin/python -m bench.balancer [--quick] [--seconds S] [--clients N] [--delay-ms MS] [--policies a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import redis
+from rich.console import Console
+
+from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
+from core.errors import OrchestrionError
+from routing.balancer import Balancer, FleetState, Policy
+from routing.client import ModelClient
+from routing.fleet import Deployment, Fleet
+from routing.ledger import Ledger, ResponseCache
+from routing.router import Router
+
+POLICIES: tuple[Policy, ...] = ("round_robin", "least_connections", "latency_aware")
+TARGETED: tuple[Policy, ...] = ("least_connections", "latency_aware")
+BACKENDS = 3
+DELAY_S = 0.05  # default base delay; --delay-ms changes it, the slow backend is always SLOWDOWN x slower
+SLOWDOWN = 10.0
+TARGET_RATIO = 1.5
+SATURATED = 1.5  # healthy p50 above this many backend delays: the client, not the backends, sets latency
+MAX_CALLS_PER_CLIENT = 100_000  # bounds every client loop besides the deadline
+MAX_COMMANDS = 1_000  # bounds the simulator host's command loop
+LAG_TICK_S = 0.01
+
+
+# --- simulated providers, in a child process -------------------------------------------------------------------
+
+
+def _host_simulators(count: int, conn: Connection) -> None:
+    """Child process: `count` ProviderSimulators; obeys (index, delay_s) commands until None or EOF."""
+    from tests.provider_simulator import ProviderSimulator
+
+    sims = [ProviderSimulator(f"sim-{i}") for i in range(count)]
+    try:
+        conn.send([s.base_url for s in sims])
+        for _ in range(MAX_COMMANDS):
+            command = conn.recv()
+            if command is None:
+                break
+            index, delay = command
+            sims[index].behaviour.delay_s = delay
+            conn.send(sum(s.behaviour.calls for s in sims))
+    except EOFError:
+        pass
+    finally:
+        for sim in sims:
+            sim.close()
+
+
+class SimulatorHost:
+    """The backends' process: their base URLs, their delay and their CPU time."""
+
+    def __init__(self, process: mp.process.BaseProcess, conn: Connection, urls: list[str]) -> None:
+        self.process = process
+        self.conn = conn
+        self.urls = urls
+        self.base_delay_s = DELAY_S
+
+    def set_delay(self, index: int, delay_s: float) -> None:
+        self.conn.send((index, delay_s))
+        self.conn.recv()
+
+    def reset(self) -> None:
+        for i in range(len(self.urls)):
+            self.set_delay(i, self.base_delay_s)
+
+    def cpu_seconds(self) -> float:
+        return _proc_cpu_seconds(self.process.pid or 0)
+
+
+@contextmanager
+def simulator_host(count: int) -> Iterator[SimulatorHost]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_host_simulators, args=(count, child), daemon=True)
+    process.start()
+    try:
+        if not parent.poll(60):
+            raise RuntimeError("the provider simulators did not start within 60 s")
+        host = SimulatorHost(process, parent, parent.recv())
+        host.reset()
+        yield host
+    finally:
+        with suppress(OSError):
+            parent.send(None)
+        process.join(10)
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), from /proc."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- a private Valkey -------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def private_valkey(console: Console = ERR) -> Iterator[str]:
+    """A Valkey of this run's own (the launcher's redis_spec), in a temp dir, stopped and removed on exit."""
+    from core.settings import Settings
+    from orchestrion.launcher import services
+    from orchestrion.launcher.ports import PortBook, _any_free_port
+    from orchestrion.launcher.supervisor import launch
+
+    root = Path(tempfile.mkdtemp(prefix="orch-bench-balancer-"))
+    process = None
+    try:
+        (root / "ports.json").write_text(json.dumps({"redis": _any_free_port()}))  # keep off 6379
+        spec = services.redis_spec(Settings(data_dir=root), PortBook(root))
+        process = launch(spec, root / "logs", console)
+        yield spec.urls["redis_url"]
+    finally:
+        if process is not None:
+            process.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- the client under test --------------------------------------------------------------------------------------
+
+
+def build_client(r: redis.Redis, urls: Sequence[str], policy: Policy, seed: int) -> ModelClient:
+    """A ModelClient as tests/routing/test_client.py assembles one, over the simulators, fresh prefix."""
+    deployments = [
+        Deployment(name=f"sim-{i}", tier="small", model=f"sim-{i}", base_url=url, timeout_s=10.0,
+                   price_in_per_m=0.15, price_out_per_m=0.60)
+        for i, url in enumerate(urls)
+    ]  # fmt: skip
+    fleet = Fleet(deployments=deployments, policy=policy, retries=1, backoff_base_s=0.01, fallback_to_next_tier=False)
+    prefix = f"bench-bal-{policy}-{uuid.uuid4().hex[:8]}"
+    state = FleetState(r, prefix)
+    router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
+    return ModelClient(fleet, router, Balancer(state, policy, random.Random(seed)), Ledger(r, prefix),
+                       ResponseCache(r, prefix, fleet.cache_ttl_s))  # fmt: skip
+
+
+async def close_client(client: ModelClient) -> None:
+    for http in list(client._http.values()):  # ModelClient has no aclose() of its own
+        await http.aclose()
+
+
+# --- one phase --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    started: float
+    latency_s: float
+    deployment: str  # "" when the call failed
+
+
+@dataclass
+class Phase:
+    policy: Policy
+    degraded: bool
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)
+    switch_at: float = 0.0
+    lag_s: list[float] = field(default_factory=list)
+    client_cpu_s: float = 0.0
+    sim_cpu_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.policy} {'degraded' if self.degraded else 'healthy'}"
+
+    def latencies(self, second_half: bool = False) -> list[float]:
+        return [s.latency_s for s in self.samples if s.deployment and (not second_half or s.started >= self.switch_at)]
+
+    def slow_share(self) -> float:
+        late = [s for s in self.samples if s.started >= self.switch_at and s.deployment]
+        return sum(s.deployment == "sim-0" for s in late) / len(late) if late else float("nan")
+
+    def slow_calls(self, window_s: float) -> str:
+        """Second-half calls to sim-0: started within `window_s` of the slowdown (before any slow call could
+        return, so before a latency measure could exist) + started later."""
+        offsets = [s.started - self.switch_at for s in self.samples if s.started >= self.switch_at]
+        on_slow = [t for t, s in zip(offsets, self._late(), strict=True) if s.deployment == "sim-0"]
+        early = sum(t < window_s for t in on_slow)
+        return f"{early} + {len(on_slow) - early}"
+
+    def _late(self) -> list[Sample]:
+        return [s for s in self.samples if s.started >= self.switch_at]
+
+    @property
+    def errors(self) -> int:
+        return sum(not s.deployment for s in self.samples)
+
+
+async def _caller(client: ModelClient, index: int, deadline: float, out: list[Sample]) -> None:
+    messages = [{"role": "user", "content": f"Name a primary colour (caller {index})."}]
+    for _ in range(MAX_CALLS_PER_CLIENT):
+        started = time.perf_counter()
+        if started >= deadline:
+            return
+        try:
+            done = await client.complete("bench", messages, hint="small", bypass_cache=True, max_tokens=16)
+            out.append(Sample(started, time.perf_counter() - started, done.deployment))
+        except OrchestrionError:
+            out.append(Sample(started, time.perf_counter() - started, ""))
+
+
+async def _lag_monitor(deadline: float, out: list[float]) -> None:
+    """How late the event loop wakes a LAG_TICK_S sleep: time other work (sync Redis calls, CPU) held it."""
+    for _ in range(int((deadline - time.perf_counter()) / LAG_TICK_S) + 1):
+        before = time.perf_counter()
+        if before >= deadline:
+            return
+        await asyncio.sleep(LAG_TICK_S)
+        out.append(time.perf_counter() - before - LAG_TICK_S)
+
+
+async def run_phase(client: ModelClient, host: SimulatorHost, phase: Phase, clients: int) -> None:
+    await asyncio.to_thread(host.reset)
+    cpu0, sim0 = time.process_time(), host.cpu_seconds()
+    start = time.perf_counter()
+    phase.switch_at = start + phase.seconds / 2
+    deadline = start + phase.seconds
+    tasks = [asyncio.create_task(_caller(client, i, deadline, phase.samples)) for i in range(clients)]
+    tasks.append(asyncio.create_task(_lag_monitor(deadline, phase.lag_s)))
+    try:
+        await asyncio.sleep(max(0.0, phase.switch_at - time.perf_counter()))
+        if phase.degraded:
+            await asyncio.to_thread(host.set_delay, 0, host.base_delay_s * SLOWDOWN)
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    phase.client_cpu_s = time.process_time() - cpu0
+    phase.sim_cpu_s = host.cpu_seconds() - sim0
+
+
+async def run_all(
+    r: redis.Redis, host: SimulatorHost, policies: Sequence[Policy], seconds: float, clients: int, warmup_s: float
+) -> list[Phase]:
+    phases = [Phase(p, degraded, seconds) for p in policies for degraded in (False, True)]
+    warm = build_client(r, host.urls, "round_robin", 0)
+    try:  # imports, connection pools, cold caches: not measured
+        await run_phase(warm, host, Phase("round_robin", False, warmup_s), clients)
+    finally:
+        await close_client(warm)
+    with progress() as bar:
+        task = bar.add_task("phases", total=len(phases), detail="")
+        for i, phase in enumerate(phases):
+            bar.update(task, detail=f"{phase.name} ({seconds:.0f} s)")
+            client = build_client(r, host.urls, phase.policy, i + 1)
+            try:
+                await run_phase(client, host, phase, clients)
+            finally:
+                await close_client(client)
+            bar.advance(task)
+    return phases
+
+
+# --- report -----------------------------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+def _latency_row(p: Phase, healthy_p99: float) -> list[object]:
+    whole, late = p.latencies(), p.latencies(second_half=True)
+    return [p.name, len(p.samples), p.errors, ms(percentile(whole, 50)), ms(percentile(whole, 99)),
+            ms(percentile(late, 50)), ms(percentile(late, 99)), ms(healthy_p99),
+            percentile(late, 99) / healthy_p99]  # fmt: skip
+
+
+def _mechanics_row(p: Phase, slow_s: float) -> list[object]:
+    calls = len(p.samples)
+    return [p.name, calls / p.seconds, f"{p.slow_share() * 100:.1f}%", p.slow_calls(slow_s) if p.degraded else "-",
+            ms(p.client_cpu_s / max(calls, 1)), f"{p.client_cpu_s / p.seconds * 100:.0f}%",
+            ms(percentile(p.lag_s, 99))]  # fmt: skip
+
+
+LATENCY = ["phase", "calls", "errors", "p50", "p99", "2nd-half p50", "2nd-half p99", "healthy p99", "ratio"]
+MECHANICS = ["phase", "calls/s", "2nd half to sim-0", "sim-0 calls: learning + after", "client CPU ms/call",
+             "client CPU", "loop lag p99 ms"]  # fmt: skip
+
+
+def report(phases: list[Phase], clients: int, delay_s: float) -> None:
+    healthy = {p.policy: p for p in phases if not p.degraded}
+    healthy_p99 = {policy: percentile(p.latencies(), 99) for policy, p in healthy.items()}
+    slow_s = delay_s * SLOWDOWN
+    title = (f"Balancer, client-side latency in ms: {BACKENDS} simulated backends at {ms(delay_s):.0f} ms, "
+             f"{clients} concurrent clients; degraded = sim-0 at {ms(slow_s):.0f} ms from mid-phase")  # fmt: skip
+    OUT.print(table(title, LATENCY, [_latency_row(p, healthy_p99[p.policy]) for p in phases]))
+    OUT.print(table("Balancer mechanics", MECHANICS, [_mechanics_row(p, slow_s) for p in phases]))
+    sim_cpu = sum(p.sim_cpu_s for p in phases) / sum(p.seconds for p in phases)
+    OUT.print(f"ratio = 2nd-half p99 / healthy p99 of the same policy. learning = 2nd-half calls to sim-0 started "
+              f"in the first {ms(slow_s):.0f} ms after the slowdown, before any slow call could return. Simulator "
+              f"process CPU: {sim_cpu * 100:.0f}% of one core on average.")  # fmt: skip
+    saturated = {p.policy for p in healthy.values() if percentile(p.latencies(), 50) > SATURATED * delay_s}
+    if saturated:
+        OUT.print(f"WARN client saturated ({', '.join(sorted(saturated))}): healthy p50 > {SATURATED}x the "
+                  f"{ms(delay_s):.0f} ms backend delay, so the client's own queueing sets latency and a ratio "
+                  "says nothing about the balancer: INVALID, not PASS/MISS")  # fmt: skip
+    for p in phases:
+        if p.degraded:
+            ratio = percentile(p.latencies(second_half=True), 99) / healthy_p99[p.policy]
+            OUT.print(_verdict(p.policy, ratio, p.policy in saturated))
+
+
+def _verdict(policy: Policy, ratio: float, saturated: bool) -> str:
+    name = f"balancer {policy} degraded p99"
+    if policy not in TARGETED:
+        return f"INFO {name}: ratio {ratio:.3f} (load-blind reference, no target)"
+    line = verdict(name, ratio, f"<= {TARGET_RATIO}x healthy p99", ratio <= TARGET_RATIO)
+    return "INVALID" + line[4:] + " (client saturated)" if saturated else line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.balancer", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="~1 minute: 7 s phases")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per phase (default 25, quick 7)")
+    parser.add_argument("--clients", type=int, default=32, help="concurrent client tasks (default 32)")
+    parser.add_argument("--delay-ms", type=float, default=DELAY_S * 1000, help="backend base delay (default 50)")
+    parser.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of the policies")
+    args = parser.parse_args()
+    seconds = args.seconds or (7.0 if args.quick else 25.0)
+    policies = [p for p in POLICIES if p in args.policies.split(",")]
+    OUT.print(f"[bold]bench.balancer[/bold] · {machine_note()}")
+    OUT.print(f"{len(policies) * 2} phases x {seconds:.0f} s, {args.clients} clients, backend delay "
+              f"{args.delay_ms:.0f} ms (slow: x{SLOWDOWN:.0f}), retries 1, bypass_cache")  # fmt: skip
+    with private_valkey() as url, simulator_host(BACKENDS) as host:
+        host.base_delay_s = args.delay_ms / 1000
+        r = redis.Redis.from_url(url)
+        try:
+            phases = asyncio.run(run_all(r, host, policies, seconds, args.clients, warmup_s=min(3.0, seconds / 2)))
+        finally:
+            r.close()
+    report(phases, args.clients, args.delay_ms / 1000)
+
+
+if __name__ == "__main__":
+    main()
