@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -95,6 +96,7 @@ class BenchStack:
 
     def start_services(self) -> None:
         """Valkey and weaviate-server (the cached build), on free ports, data in the temp dir."""
+        raise_open_files_limit(self.console)
         settings = settings_from(self._base_env("unused"))
         ports = PortBook(self.root)
         for spec in (services.redis_spec(settings, ports), services.weaviate_spec(settings, ports, self.console)):
@@ -160,11 +162,32 @@ class BenchStack:
         out["bench"] = time.process_time()
         return out
 
+    def open_files(self, service: str) -> int:
+        """File descriptors a service process holds now."""
+        process = next(p for p in self.services if p.name == service)
+        return sum(1 for _ in Path(f"/proc/{process.pid}/fd").iterdir())
+
     def stop(self) -> None:
         while self.deployments:
             self.deployments.pop().stop()
         while self.services:
             self.services.pop().stop()
+
+
+OPEN_FILES_WANTED = 262_144
+
+
+def raise_open_files_limit(console: Console) -> None:
+    """Weaviate keeps several files open per tenant shard (1,000 tenants x 2 collections is over 20,000 files):
+    give this process and its children the open-files limit a Weaviate host is expected to have, where allowed."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= OPEN_FILES_WANTED:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES_WANTED, max(hard, OPEN_FILES_WANTED)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    console.print(f"[dim]open-files limit {soft} -> {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}[/dim]")
 
 
 def group_cpu_seconds(groups: set[int]) -> dict[int, float]:

@@ -323,6 +323,7 @@ def rows(result: PhaseResult, total_docs: int) -> list[tuple[str, object]]:
         ("drain: first POST -> last job DONE (s)", result.drain_s),
         ("worker mean job run time (s, moving average)", result.mean_job_s),
         ("POST /v1/documents requests answered", result.posts),
+        ("CPU s: everything (API, workers, Weaviate, Redis, clients)", sum(result.cpu.values())),
         ("CPU s: API server", result.cpu["api"]),
         ("CPU ms per POST: API server", 1000 * result.cpu["api"] / max(1, result.posts)),
         (
@@ -358,11 +359,13 @@ def report(burst: PhaseResult, seq: PhaseResult, total_docs: int, limit: int) ->
     problems(burst)
     problems(seq)
     ratio = burst.drain_s / seq.drain_s if seq.drain_s > 0 else float("nan")
+    cpu_ratio = sum(burst.cpu.values()) / max(1e-9, sum(seq.cpu.values()))
     ok_b, ok_s = healthy(burst, total_docs), healthy(seq, total_docs)
     word = "PASS" if ok_b and ok_s else "MISS"
     OUT.print(
         f"{word} ingest burst: ratio {ratio:.3f} (burst drain {burst.drain_s:.1f}s / sequential drain "
-        f"{seq.drain_s:.1f}s); target: 0 errors, {total_docs}/{total_docs} accepted, DONE and in Weaviate, 0 lost "
+        f"{seq.drain_s:.1f}s; CPU burst/sequential {cpu_ratio:.2f}); target: 0 errors, {total_docs}/{total_docs} "
+        "accepted, DONE and in Weaviate, 0 lost "
         f"(burst: {burst.errors} errors, {burst.accepted} accepted, {burst.done} done, {burst.weaviate_doc_ids} in "
         f"Weaviate; sequential: {'ok' if ok_s else 'NOT ok'})"
     )
