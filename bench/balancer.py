@@ -165,7 +165,7 @@ def private_valkey(console: Console = ERR) -> Iterator[str]:
 # --- the client under test --------------------------------------------------------------------------------------
 
 
-def build_client(r: redis.Redis, urls: Sequence[str], policy: Policy, seed: int) -> ModelClient:
+def build_client(redis_url: str, r: redis.Redis, urls: Sequence[str], policy: Policy, seed: int) -> ModelClient:
     """A ModelClient as tests/routing/test_client.py assembles one, over the simulators, fresh prefix."""
     deployments = [
         Deployment(name=f"sim-{i}", tier="small", model=f"sim-{i}", base_url=url, timeout_s=10.0,
@@ -174,7 +174,7 @@ def build_client(r: redis.Redis, urls: Sequence[str], policy: Policy, seed: int)
     ]  # fmt: skip
     fleet = Fleet(deployments=deployments, policy=policy, retries=1, backoff_base_s=0.01, fallback_to_next_tier=False)
     prefix = f"bench-bal-{policy}-{uuid.uuid4().hex[:8]}"
-    state = FleetState(r, prefix)
+    state = FleetState(redis_url, prefix)
     router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
     return ModelClient(fleet, router, Balancer(state, policy, random.Random(seed)), Ledger(r, prefix),
                        ResponseCache(r, prefix, fleet.cache_ttl_s))  # fmt: skip
@@ -183,6 +183,7 @@ def build_client(r: redis.Redis, urls: Sequence[str], policy: Policy, seed: int)
 async def close_client(client: ModelClient) -> None:
     for http in list(client._http.values()):  # ModelClient has no aclose() of its own
         await http.aclose()
+    await client.balancer.state.aclose()
 
 
 # --- one phase --------------------------------------------------------------------------------------------------
@@ -278,24 +279,33 @@ async def run_phase(client: ModelClient, host: SimulatorHost, phase: Phase, clie
 
 
 async def run_all(
-    r: redis.Redis, host: SimulatorHost, policies: Sequence[Policy], seconds: float, clients: int, warmup_s: float
+    redis_url: str,
+    host: SimulatorHost,
+    policies: Sequence[Policy],
+    seconds: float,
+    clients: int,
+    warmup_s: float,
 ) -> list[Phase]:
     phases = [Phase(p, degraded, seconds) for p in policies for degraded in (False, True)]
-    warm = build_client(r, host.urls, "round_robin", 0)
-    try:  # imports, connection pools, cold caches: not measured
-        await run_phase(warm, host, Phase("round_robin", False, warmup_s), clients)
+    r = redis.Redis.from_url(redis_url)  # the ledger and response cache are still synchronous
+    try:
+        warm = build_client(redis_url, r, host.urls, "round_robin", 0)
+        try:  # imports, connection pools, cold caches: not measured
+            await run_phase(warm, host, Phase("round_robin", False, warmup_s), clients)
+        finally:
+            await close_client(warm)
+        with progress() as bar:
+            task = bar.add_task("phases", total=len(phases), detail="")
+            for i, phase in enumerate(phases):
+                bar.update(task, detail=f"{phase.name} ({seconds:.0f} s)")
+                client = build_client(redis_url, r, host.urls, phase.policy, i + 1)
+                try:
+                    await run_phase(client, host, phase, clients)
+                finally:
+                    await close_client(client)
+                bar.advance(task)
     finally:
-        await close_client(warm)
-    with progress() as bar:
-        task = bar.add_task("phases", total=len(phases), detail="")
-        for i, phase in enumerate(phases):
-            bar.update(task, detail=f"{phase.name} ({seconds:.0f} s)")
-            client = build_client(r, host.urls, phase.policy, i + 1)
-            try:
-                await run_phase(client, host, phase, clients)
-            finally:
-                await close_client(client)
-            bar.advance(task)
+        r.close()
     return phases
 
 
@@ -371,11 +381,7 @@ def main() -> None:
               f"{args.delay_ms:.0f} ms (slow: x{SLOWDOWN:.0f}), retries 1, bypass_cache")  # fmt: skip
     with private_valkey() as url, simulator_host(BACKENDS) as host:
         host.base_delay_s = args.delay_ms / 1000
-        r = redis.Redis.from_url(url)
-        try:
-            phases = asyncio.run(run_all(r, host, policies, seconds, args.clients, warmup_s=min(3.0, seconds / 2)))
-        finally:
-            r.close()
+        phases = asyncio.run(run_all(url, host, policies, seconds, args.clients, warmup_s=min(3.0, seconds / 2)))
     report(phases, args.clients, args.delay_ms / 1000)
 
 

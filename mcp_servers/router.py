@@ -113,11 +113,9 @@ def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
         with client_errors():
             models = _models(deps)
             caller_tenant(deps)
-            state = models.balancer.state
-            names = [d.name for d in models.fleet.deployments]
-            loads, latency = state.in_flight(names), state.latencies(names)
-            infos = [ModelInfo(name=d.name, tier=d.tier, model=d.model, health=state.status(d.name),
-                               in_flight=loads[d.name], ewma_latency_s=latency[d.name],
+            health = await models.balancer.state.snapshot([d.name for d in models.fleet.deployments])
+            infos = [ModelInfo(name=d.name, tier=d.tier, model=d.model, health=health[d.name].status,
+                               in_flight=health[d.name].in_flight, ewma_latency_s=health[d.name].ewma_s,
                                price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m)
                      for d in models.fleet.deployments]  # fmt: skip
             return Models(policy=models.fleet.policy, models=infos)

@@ -69,17 +69,24 @@ def usage(tenant: Annotated[str | None, typer.Option(help="Tenant (default: the 
 @_clear_errors
 def models() -> None:
     """The configured deployments with their live health, load and latency."""
-    import redis
+    import asyncio
 
     from core.stack import resolve_endpoints
-    from routing.balancer import FleetState
+    from routing.balancer import FleetState, Health
     from routing.services import configured_fleet
 
     settings = _settings()
     fleet = configured_fleet(settings)
-    state = FleetState(redis.Redis.from_url(resolve_endpoints(settings).redis_url), settings.redis.key_prefix)
-    names = [d.name for d in fleet.deployments]
-    loads, latency = state.in_flight(names), state.latencies(names)
+    state = FleetState(resolve_endpoints(settings).redis_url, settings.redis.key_prefix)
+
+    async def snapshot() -> dict[str, Health]:
+        try:
+            return await state.snapshot([d.name for d in fleet.deployments])
+        finally:
+            await state.aclose()
+
+    health = asyncio.run(snapshot())
     for d in fleet.deployments:
-        console.print(f"{d.name:24} {d.tier:6} {d.model:28} {state.status(d.name):9} in-flight {loads[d.name]:3} "
-                      f"ewma {latency[d.name] or 0:.3f}s  ${d.price_in_per_m}/${d.price_out_per_m} per M")  # fmt: skip
+        h = health[d.name]
+        console.print(f"{d.name:24} {d.tier:6} {d.model:28} {h.status:9} in-flight {h.in_flight:3} "
+                      f"ewma {h.ewma_s or 0:.3f}s  ${d.price_in_per_m}/${d.price_out_per_m} per M")  # fmt: skip

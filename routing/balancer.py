@@ -1,41 +1,245 @@
 """Load balancing across the deployments of a tier, with state shared by every process in Redis.
 
 Policies: round robin (equal turns, blind to load), least connections (fewest calls in
-flight per unit of weight), latency-aware (power of two random choices, each scored
-by its EWMA latency times its load). Health: consecutive failures open a circuit for a
-cooldown; once it expires one probe call is let through (half-open) and its result
-closes or reopens the circuit; a 429 opens it for the provider's Retry-After.
+flight per unit of weight), latency-aware (power of two random choices, each scored by
+its peak-EWMA latency times its load). The peak-EWMA latency is the larger of the EWMA
+of completed calls' durations and the age of the deployment's oldest call still in
+flight, so a deployment that has stalled loses traffic before its slow call returns
+(the Finagle/Linkerd "peak EWMA" idea). Latency estimates expire after
+`latency_memory_s` without a new sample: a deployment that was slow is measured afresh
+and can win traffic back.
+
+Calls in flight are leases, not counters: a sorted set per deployment of lease id ->
+expiry (the deployment's timeout plus a margin), and one of lease id -> start time. A
+process that dies mid-call leaves a lease that expires, so its calls stop counting.
+
+Health: consecutive failures open a circuit for a cooldown that doubles on each
+reopening (up to a maximum); once it expires one probe call is let through (half-open)
+and its result closes or reopens the circuit; a 429 opens it for the provider's
+Retry-After.
+
+Round trips: a call costs two on the happy path, each one Lua script run atomically in
+Redis: `pick` (prune expired leases, read load, latency and circuits, choose per policy,
+admit, take the lease) and `succeeded`/`failed` (return the lease, update the latency or
+the circuit). Time is Redis's clock, so every process agrees on lease ages.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import redis
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 Policy = Literal["round_robin", "least_connections", "latency_aware"]
+# "in_order": the candidates as given, for a retry on the deployment already chosen.
+_Order = Policy | Literal["in_order"]
 
-# EWMA update in one round trip, so concurrent processes never lose an update.
-_EWMA = """
-local old = redis.call('GET', KEYS[1])
-local x = tonumber(ARGV[1])
-local alpha = tonumber(ARGV[2])
-local new = x
-if old then new = alpha * x + (1 - alpha) * tonumber(old) end
-redis.call('SET', KEYS[1], tostring(new), 'PX', ARGV[3])
-return tostring(new)
+_POOL_SIZE = 32
+_POOL_WAIT_S = 10.0
+_CANDIDATE_KEYS = ("leases", "starts", "ewma", "open", "failures", "probe")
+
+_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Leases whose holder never returned them (a crashed process) stop counting here.
+local function prune(leases, starts, now)
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+  for i = 1, #expired, 500 do
+    redis.call('ZREM', starts, unpack(expired, i, math.min(i + 499, #expired)))
+  end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', now) end
+end
+
+local function oldest_start(starts)
+  local first = redis.call('ZRANGE', starts, 0, 0, 'WITHSCORES')
+  if first[2] then return tonumber(first[2]) end
+  return nil
+end
 """
 
+# KEYS[1]: the group's round-robin counter; then per candidate, in _CANDIDATE_KEYS order:
+# leases, starts, ewma, open, failures, probe.
+# ARGV: order, failures_to_open, probe_ms, lease id, r1, r2; then per candidate: name, weight, lease_ms, tie.
+# Returns {name, probe (0/1)} for the admitted candidate, whose lease is taken, or nil.
+_PICK = (
+    _COMMON
+    + """
+local now = now_ms()
+local order_by, failures_to_open, probe_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local lease, r1, r2 = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local cands = {}
+for i = 1, (#ARGV - 6) / 4 do
+  local k, a = 1 + (i - 1) * 6, 6 + (i - 1) * 4
+  local c = {name = ARGV[a + 1], weight = math.max(tonumber(ARGV[a + 2]), 1e-9), lease_ms = tonumber(ARGV[a + 3]),
+             tie = tonumber(ARGV[a + 4]), leases = KEYS[k + 1], starts = KEYS[k + 2], ewma = KEYS[k + 3],
+             open = KEYS[k + 4], failures = KEYS[k + 5], probe = KEYS[k + 6]}
+  prune(c.leases, c.starts, now)
+  cands[i] = c
+end
 
-class Weighted(Protocol):
+local function by_cost(x, y)
+  if x.cost ~= y.cost then return x.cost < y.cost end
+  return x.tie < y.tie
+end
+
+local function weighted(r, skip)
+  local total, last = 0, nil
+  for _, c in ipairs(cands) do if c ~= skip then total = total + c.weight end end
+  local x = r * total
+  for _, c in ipairs(cands) do
+    if c ~= skip then
+      last = c
+      x = x - c.weight
+      if x < 0 then return c end
+    end
+  end
+  return last
+end
+
+local order = cands
+if order_by == 'round_robin' and #cands > 0 then
+  local turns = {}
+  for _, c in ipairs(cands) do
+    for _ = 1, math.max(1, math.floor(c.weight + 0.5)) do turns[#turns + 1] = c end
+  end
+  local start = redis.call('INCR', KEYS[1]) % #turns
+  order = {}
+  for j = 0, #turns - 1 do order[#order + 1] = turns[(start + j) % #turns + 1] end
+elseif order_by == 'least_connections' then
+  for _, c in ipairs(cands) do c.cost = redis.call('ZCARD', c.leases) / c.weight end
+  order = {unpack(cands)}
+  table.sort(order, by_cost)
+elseif order_by == 'latency_aware' and #cands > 1 then
+  local best = nil
+  for _, c in ipairs(cands) do
+    c.load = redis.call('ZCARD', c.leases)
+    local ewma = redis.call('GET', c.ewma)
+    if ewma then c.latency = tonumber(ewma) end
+    c.oldest = oldest_start(c.starts)
+    if c.latency and (best == nil or c.latency < best) then best = c.latency end
+  end
+  for _, c in ipairs(cands) do
+    -- Unmeasured: assume the best, so it gets measured.
+    local estimate = c.latency or best or 0
+    if c.oldest then estimate = math.max(estimate, (now - c.oldest) / 1000) end
+    c.cost = (estimate + 0.001) * (c.load + 1) / c.weight
+  end
+  -- Two weighted random candidates, the cheaper first; the rest follow by cost, so an
+  -- unhealthy pick still leaves a healthy answer.
+  local first = weighted(r1, nil)
+  local second = weighted(r2, first)
+  local pair, rest = {first, second}, {}
+  table.sort(pair, by_cost)
+  for _, c in ipairs(cands) do if c ~= first and c ~= second then rest[#rest + 1] = c end end
+  table.sort(rest, by_cost)
+  order = {pair[1], pair[2], unpack(rest)}
+end
+
+local seen = {}
+for _, c in ipairs(order) do
+  if not seen[c.name] then
+    seen[c.name] = true
+    local verdict = nil
+    if redis.call('EXISTS', c.open) == 0 then
+      if tonumber(redis.call('GET', c.failures) or '0') < failures_to_open then
+        verdict = 0
+      elseif redis.call('SET', c.probe, '1', 'NX', 'PX', probe_ms) then
+        verdict = 1  -- half-open: this call is the one probe
+      end
+    end
+    if verdict then
+      local expiry = now + c.lease_ms
+      redis.call('ZADD', c.leases, expiry, lease)
+      redis.call('ZADD', c.starts, now, lease)
+      local last = redis.call('ZRANGE', c.leases, -1, -1, 'WITHSCORES')
+      local at = string.format('%d', tonumber(last[2]))
+      redis.call('PEXPIREAT', c.leases, at)
+      redis.call('PEXPIREAT', c.starts, at)
+      return {c.name, verdict}
+    end
+  end
+end
+return nil
+"""
+)
+
+# KEYS: leases, starts, ewma, failures, open, probe, cooldown.
+# ARGV: lease id, outcome (ok | failed | retry_after | release), latency_s, alpha, memory_ms,
+#       failures_to_open, cooldown_s, max_cooldown_s, retry_after_ms.
+# Returns 1 when the circuit is now open because of this call.
+_FINISH = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+local outcome = ARGV[2]
+if outcome == 'ok' then
+  local x, alpha = tonumber(ARGV[3]), tonumber(ARGV[4])
+  local old = redis.call('GET', KEYS[3])
+  local new = x
+  if old then new = alpha * x + (1 - alpha) * tonumber(old) end
+  redis.call('SET', KEYS[3], tostring(new), 'PX', ARGV[5])
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+  return 0
+elseif outcome == 'retry_after' then
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[9])
+  redis.call('DEL', KEYS[6])
+  return 1
+elseif outcome == 'failed' then
+  if redis.call('INCR', KEYS[4]) < tonumber(ARGV[6]) then return 0 end
+  -- Each reopening doubles the cooldown, up to the maximum.
+  local previous = tonumber(redis.call('GET', KEYS[7]) or (tonumber(ARGV[7]) / 2))
+  local cooldown = math.min(tonumber(ARGV[8]), previous * 2)
+  redis.call('SET', KEYS[7], tostring(cooldown))
+  redis.call('SET', KEYS[5], '1', 'PX', math.max(1, math.floor(cooldown * 1000)))
+  redis.call('DEL', KEYS[6])
+  return 1
+end
+return 0
+"""
+
+# KEYS per name: leases, starts, ewma, open, failures. ARGV: failures_to_open.
+# Returns per name: status, calls in flight, EWMA seconds ('' when unknown), oldest call's age in ms ('' when none).
+_SNAPSHOT = (
+    _COMMON
+    + """
+local now = now_ms()
+local out = {}
+for i = 1, #KEYS, 5 do
+  prune(KEYS[i], KEYS[i + 1], now)
+  local status = 'closed'
+  if redis.call('EXISTS', KEYS[i + 3]) == 1 then
+    status = 'open'
+  elseif tonumber(redis.call('GET', KEYS[i + 4]) or '0') >= tonumber(ARGV[1]) then
+    status = 'half-open'
+  end
+  local oldest = oldest_start(KEYS[i + 1])
+  out[#out + 1] = status
+  out[#out + 1] = tostring(redis.call('ZCARD', KEYS[i]))
+  out[#out + 1] = redis.call('GET', KEYS[i + 2]) or ''
+  out[#out + 1] = oldest and tostring(now - oldest) or ''
+end
+return out
+"""
+)
+
+
+class Candidate(Protocol):
     @property
     def name(self) -> str: ...
 
     @property
     def weight(self) -> float: ...
+
+    @property
+    def timeout_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -46,82 +250,119 @@ class HealthSettings:
     probe_timeout_s: float = 30.0
     ewma_alpha: float = 0.3
     latency_memory_s: float = 30.0
+    # A lease outlives the call's own timeout by this much, so only a dead holder's lease expires.
+    lease_margin_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One call in flight on `name`; return it with FleetState.succeeded/failed/release."""
+
+    name: str
+    id: str
+    probe: bool
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str  # closed, open or half-open
+    in_flight: int
+    ewma_s: float | None
+    oldest_in_flight_s: float | None
+
+
+@dataclass
+class _Connection:
+    client: aioredis.Redis
+    pick: AsyncScript
+    finish: AsyncScript
+    snapshot: AsyncScript
 
 
 class FleetState:
-    """In-flight counts, latency, failures and circuits, in Redis under `prefix`."""
+    """Leases, latency, failures and circuits, in Redis under `prefix`, shared by every process."""
 
-    def __init__(self, client: redis.Redis, prefix: str, health: HealthSettings | None = None) -> None:
-        self.redis = client
+    def __init__(self, url: str, prefix: str, health: HealthSettings | None = None) -> None:
+        self.url = url
         self.prefix = f"{prefix}:fleet"
         self.health = health or HealthSettings()
-        self._ewma = client.register_script(_EWMA)
+        # An asyncio Redis connection belongs to the loop it was made in (a Celery task runs
+        # its calls in a loop of its own), so there is one per loop, made on first use.
+        self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
+
+    def _connection(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        if loop not in self._connections:
+            for dead in [other for other in self._connections if other.is_closed()]:
+                del self._connections[dead]
+            # Callers queue for a connection instead of failing when a burst of calls finishes at once.
+            pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=_POOL_SIZE, timeout=_POOL_WAIT_S)
+            client = aioredis.Redis.from_pool(pool)
+            scripts = (client.register_script(s) for s in (_PICK, _FINISH, _SNAPSHOT))
+            self._connections[loop] = _Connection(client, *scripts)
+        return self._connections[loop]
+
+    async def aclose(self) -> None:
+        """Close the current loop's connection (those of closed loops are dropped when the next loop connects)."""
+        connection = self._connections.pop(asyncio.get_running_loop(), None)
+        if connection is not None:
+            await connection.client.aclose()
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{name}"
 
-    # load
-    def acquire(self, name: str) -> None:
-        self.redis.incr(self._key("inflight", name))
+    async def pick(self, group: str, order: _Order, pool: Sequence[Candidate], rng: random.Random) -> Lease | None:
+        """Choose by `order` among `pool`, admit by circuit state and take a lease: one round trip."""
+        if not pool:
+            return None
+        h = self.health
+        keys = [self._key("rr", group)] + [self._key(kind, c.name) for c in pool for kind in _CANDIDATE_KEYS]
+        lease = uuid.uuid4().hex
+        args: list[str | float] = [order, h.failures_to_open, int(h.probe_timeout_s * 1000), lease, rng.random(),
+                                   rng.random()]  # fmt: skip
+        for c in pool:
+            args += [c.name, c.weight, int((c.timeout_s + h.lease_margin_s) * 1000), rng.random()]
+        picked = await self._connection().pick(keys=keys, args=args)
+        if picked is None:
+            return None
+        name, probe = picked
+        return Lease(name.decode() if isinstance(name, bytes) else str(name), lease, bool(probe))
 
-    def release(self, name: str) -> None:
-        key = self._key("inflight", name)
-        if int(self.redis.decr(key)) < 0:  # never below zero, whatever the interleaving
-            self.redis.set(key, 0)
+    async def succeeded(self, lease: Lease, latency_s: float) -> None:
+        """Return the lease, fold the call's duration into the EWMA and close the circuit."""
+        await self._finish(lease, "ok", latency_s=latency_s)
 
-    def in_flight(self, names: Sequence[str]) -> dict[str, int]:
-        values = self.redis.mget([self._key("inflight", n) for n in names])
-        return {n: max(0, int(v or 0)) for n, v in zip(names, values, strict=True)}
+    async def failed(self, lease: Lease, retry_after_s: float | None = None) -> bool:
+        """Return the lease and count a failure (or open for Retry-After); True when the circuit is open."""
+        if retry_after_s is not None:
+            return await self._finish(lease, "retry_after", retry_after_ms=max(1, int(retry_after_s * 1000)))
+        return await self._finish(lease, "failed")
 
-    def record_latency(self, name: str, seconds: float) -> None:
-        # The estimate expires unless refreshed: a deployment that was slow and gets no traffic
-        # is forgotten, measured afresh, and so can win traffic back once it has recovered.
-        ttl_ms = int(self.health.latency_memory_s * 1000)
-        self._ewma(keys=[self._key("ewma", name)], args=[seconds, self.health.ewma_alpha, ttl_ms])
+    async def release(self, lease: Lease) -> None:
+        """Return the lease with no verdict on the deployment (the caller went away)."""
+        await self._finish(lease, "release")
 
-    def latencies(self, names: Sequence[str]) -> dict[str, float | None]:
-        values = self.redis.mget([self._key("ewma", n) for n in names])
-        return {n: (float(v) if v is not None else None) for n, v in zip(names, values, strict=True)}
+    async def _finish(self, lease: Lease, outcome: str, latency_s: float = 0.0, retry_after_ms: int = 0) -> bool:
+        h, name = self.health, lease.name
+        keys = [self._key(kind, name) for kind in ("leases", "starts", "ewma", "failures", "open", "probe", "cooldown")]
+        memory_ms = int(h.latency_memory_s * 1000)
+        args: list[str | float] = [lease.id, outcome, latency_s, h.ewma_alpha, memory_ms, h.failures_to_open,
+                                   h.cooldown_s, h.max_cooldown_s, retry_after_ms]  # fmt: skip
+        return bool(await self._connection().finish(keys=keys, args=args))
 
-    def next_turn(self, group: str) -> int:
-        return int(self.redis.incr(self._key("rr", group)))
-
-    # health
-    def record_success(self, name: str) -> None:
-        self.redis.delete(self._key("failures", name), self._key("open", name), self._key("probe", name),
-                          self._key("cooldown", name))  # fmt: skip
-
-    def record_failure(self, name: str) -> bool:
-        """Count a failure; True when it opened the circuit."""
-        failures = int(self.redis.incr(self._key("failures", name)))
-        if failures < self.health.failures_to_open:
-            return False
-        # Each reopening doubles the cooldown, up to the maximum.
-        previous = float(self.redis.get(self._key("cooldown", name)) or self.health.cooldown_s / 2)
-        cooldown = min(self.health.max_cooldown_s, previous * 2)
-        self.redis.set(self._key("cooldown", name), cooldown)
-        self.open_for(name, cooldown)
-        return True
-
-    def open_for(self, name: str, seconds: float) -> None:
-        self.redis.set(self._key("open", name), "1", px=max(1, int(seconds * 1000)))
-        self.redis.delete(self._key("probe", name))
-
-    def status(self, name: str) -> str:
-        if self.redis.exists(self._key("open", name)):
-            return "open"
-        if int(self.redis.get(self._key("failures", name)) or 0) >= self.health.failures_to_open:
-            return "half-open"
-        return "closed"
-
-    def admit(self, name: str) -> bool:
-        """May a call go to `name` now? Closed: yes. Open: no. Half-open: one probe at a time."""
-        state = self.status(name)
-        if state == "closed":
-            return True
-        if state == "open":
-            return False
-        return bool(self.redis.set(self._key("probe", name), "1", nx=True, px=int(self.health.probe_timeout_s * 1000)))
+    async def snapshot(self, names: Sequence[str]) -> dict[str, Health]:
+        """Status, live leases, EWMA and oldest call's age per deployment, in one round trip."""
+        if not names:
+            return {}
+        keys = [self._key(kind, n) for n in names for kind in ("leases", "starts", "ewma", "open", "failures")]
+        raw = await self._connection().snapshot(keys=keys, args=[self.health.failures_to_open])
+        values = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        out: dict[str, Health] = {}
+        for i, name in enumerate(names):
+            status, count, ewma, age_ms = values[4 * i : 4 * i + 4]
+            out[name] = Health(status, int(count), float(ewma) if ewma else None,
+                               int(age_ms) / 1000 if age_ms else None)  # fmt: skip
+        return out
 
 
 class Balancer:
@@ -130,55 +371,13 @@ class Balancer:
         self.policy = policy
         self._rng = rng or random.Random()
 
-    def pick(
-        self, group: str, candidates: Sequence[Weighted], exclude: set[str] | frozenset[str] = frozenset()
-    ) -> Weighted | None:
-        """A deployment for the next call, or None when none is healthy (the caller falls back)."""
+    async def pick(
+        self, group: str, candidates: Sequence[Candidate], exclude: set[str] | frozenset[str] = frozenset()
+    ) -> Lease | None:
+        """A lease on a deployment for the next call, or None when none is healthy (the caller falls back)."""
         pool = sorted((c for c in candidates if c.name not in exclude), key=lambda c: c.name)
-        if self.policy == "round_robin":
-            return self._round_robin(group, pool)
-        if self.policy == "least_connections":
-            return self._least_connections(pool)
-        return self._latency_aware(pool)
+        return await self.state.pick(group, self.policy, pool, self._rng)
 
-    def _admitted(self, ordered: Sequence[Weighted]) -> Weighted | None:
-        for candidate in ordered:
-            if self.state.admit(candidate.name):
-                return candidate
-        return None
-
-    def _round_robin(self, group: str, pool: Sequence[Weighted]) -> Weighted | None:
-        if not pool:
-            return None
-        turns = [c for c in pool for _ in range(max(1, round(c.weight)))]
-        start = self.state.next_turn(group) % len(turns)
-        return self._admitted(turns[start:] + turns[:start])
-
-    def _least_connections(self, pool: Sequence[Weighted]) -> Weighted | None:
-        loads = self.state.in_flight([c.name for c in pool])
-        ties = {c.name: self._rng.random() for c in pool}
-        return self._admitted(sorted(pool, key=lambda c: (loads[c.name] / max(c.weight, 1e-9), ties[c.name])))
-
-    def _latency_aware(self, pool: Sequence[Weighted]) -> Weighted | None:
-        if len(pool) < 2:
-            return self._admitted(pool)
-        names = [c.name for c in pool]
-        loads, latency = self.state.in_flight(names), self.state.latencies(names)
-        known = [v for v in latency.values() if v is not None]
-        default = min(known) if known else 0.0  # unmeasured: assume the best, so it gets measured
-
-        def cost(c: Weighted) -> float:
-            return ((latency[c.name] or default) + 1e-3) * (loads[c.name] + 1) / max(c.weight, 1e-9)
-
-        # Power of two choices: two weighted random candidates, the cheaper wins; the rest
-        # follow by cost, so an unhealthy pick still leaves a healthy answer.
-        first, second = self._two(pool)
-        rest = sorted((c for c in pool if c not in (first, second)), key=cost)
-        return self._admitted([*sorted((first, second), key=cost), *rest])
-
-    def _two(self, pool: Sequence[Weighted]) -> tuple[Weighted, Weighted]:
-        weights = [max(c.weight, 1e-9) for c in pool]
-        first = self._rng.choices(list(pool), weights)[0]
-        others = [c for c in pool if c is not first]
-        second = self._rng.choices(others, [max(c.weight, 1e-9) for c in others])[0]
-        return first, second
+    async def again(self, candidate: Candidate) -> Lease | None:
+        """A lease on the same deployment for a retry; None when its circuit opened meanwhile."""
+        return await self.state.pick("", "in_order", [candidate], self._rng)

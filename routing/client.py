@@ -25,7 +25,7 @@ from langfuse import Langfuse
 from pydantic import SecretStr
 
 from core.errors import ConfigurationError, InvalidInputError, OrchestrionError
-from routing.balancer import Balancer
+from routing.balancer import Balancer, Lease
 from routing.fleet import Deployment, Fleet
 from routing.ledger import Ledger, ResponseCache
 from routing.router import Decision, Router
@@ -64,6 +64,16 @@ class Completion:
         data = asdict(self)
         data["decision"] = self.decision.explain()
         return data
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """What the caller asked, as every attempt sends it."""
+
+    chat: list[BaseMessage]
+    max_tokens: int
+    temperature: float
+    on_token: OnToken | None
 
 
 @dataclass(frozen=True)
@@ -202,7 +212,7 @@ class ModelClient:
             if on_token is not None:
                 await on_token(completion.text)
             return completion
-        completion = await self._call(decision, chat, max_tokens, temperature, on_token)
+        completion = await self._call(decision, _Ask(chat, max_tokens, temperature, on_token))
         cost_tier = next(d for d in self.fleet.deployments if d.name == completion.deployment).tier
         self.ledger.record(tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd)
         stored = completion.public()
@@ -223,40 +233,32 @@ class ModelClient:
             return Decision(cheapest, "policy", f"over budget (${spent:.4f} of ${policy.budget_usd}): downgraded")
         raise BudgetExceededError(f"tenant {tenant!r} has spent ${spent:.4f} of its ${policy.budget_usd} budget")
 
-    async def _call(
-        self, decision: Decision, chat: list[BaseMessage], max_tokens: int, temperature: float, on_token: OnToken | None
-    ) -> Completion:
+    async def _call(self, decision: Decision, ask: _Ask) -> Completion:
         attempts: list[str] = []
         tiers = self.fleet.tiers
         start = tiers.index(decision.tier)
         order = tiers[start:] if self.fleet.fallback_to_next_tier else [decision.tier]
         for tier in order:
             tried: set[str] = set()
-            while (picked := self.balancer.pick(tier, self.fleet.in_tier(tier), tried)) is not None:
-                deployment = next(d for d in self.fleet.deployments if d.name == picked.name)
+            while (lease := await self.balancer.pick(tier, self.fleet.in_tier(tier), tried)) is not None:
+                deployment = next(d for d in self.fleet.deployments if d.name == lease.name)
                 tried.add(deployment.name)
                 for attempt in range(self.fleet.retries + 1):
-                    try:
-                        result = await self._traced(deployment, decision, chat, max_tokens, temperature, on_token)
-                    except PartialStreamError:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - classified below; only deliberate errors escape
-                        failure = classify(exc)
-                        attempts.append(f"{deployment.name}: {failure.reason}")
-                        if failure.retry_after_s is not None:
-                            self.balancer.state.open_for(deployment.name, failure.retry_after_s)
-                        elif self.balancer.state.record_failure(deployment.name) or not failure.retryable:
-                            break
-                        if not failure.retryable or failure.retry_after_s is not None or attempt == self.fleet.retries:
-                            break
-                        await asyncio.sleep(self._backoff(attempt))
-                        continue
-                    self.balancer.state.record_success(deployment.name)
-                    result.decision, result.attempts = decision, attempts
-                    if tier != decision.tier:
-                        result.decision = Decision(tier, decision.stage, f"{decision.reason}; fell back to {tier}",
-                                                   decision.score, decision.threshold)  # fmt: skip
-                    return result
+                    if attempt:
+                        await asyncio.sleep(self._backoff(attempt - 1))
+                        if (lease := await self.balancer.again(deployment)) is None:
+                            break  # its circuit opened meanwhile, from calls of other processes
+                    outcome = await self._attempt(lease, deployment, decision, ask)
+                    if isinstance(outcome, Completion):
+                        outcome.decision, outcome.attempts = decision, attempts
+                        if tier != decision.tier:
+                            outcome.decision = Decision(tier, decision.stage, f"{decision.reason}; fell back to {tier}",
+                                                        decision.score, decision.threshold)  # fmt: skip
+                        return outcome
+                    failure, opened = outcome
+                    attempts.append(f"{deployment.name}: {failure.reason}")
+                    if opened or not failure.retryable:
+                        break
         if not any(self.fleet.in_tier(t) for t in order):
             raise ModelUnavailableError(f"no deployment serves tier {decision.tier!r}" + (
                 " or a higher one" if len(order) > 1 else ""))  # fmt: skip
@@ -264,33 +266,48 @@ class ModelClient:
             "no model deployment could answer" + (f": {'; '.join(attempts)}" if attempts else " (all cooling down)")
         )
 
+    async def _attempt(
+        self, lease: Lease, d: Deployment, decision: Decision, ask: _Ask
+    ) -> Completion | tuple[_Failure, bool]:
+        """One call on a leased deployment; the lease goes back with the verdict in the same round trip.
+
+        Returns the completion, or the failure and whether the deployment's circuit is now open."""
+        state = self.balancer.state
+        try:
+            result = await self._traced(d, decision, ask)
+        except PartialStreamError:
+            await state.failed(lease)
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified here; only deliberate errors escape
+            failure = classify(exc)
+            return failure, await state.failed(lease, failure.retry_after_s)
+        except BaseException:
+            # Cancelled: free the slot now, not when the lease expires; shielded so that the
+            # cancellation (delivered again at every await under anyio) cannot stop it.
+            await asyncio.shield(state.release(lease))
+            raise
+        await state.succeeded(lease, result.latency_s)
+        return result
+
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.fleet.backoff_max_s, self.fleet.backoff_base_s * 2**attempt)
         return self._rng.uniform(0, ceiling)  # full jitter: retries of many callers spread out
 
-    async def _traced(
-        self,
-        d: Deployment,
-        decision: Decision,
-        chat: list[BaseMessage],
-        max_tokens: int,
-        temperature: float,
-        on_token: OnToken | None,
-    ) -> Completion:
+    async def _traced(self, d: Deployment, decision: Decision, ask: _Ask) -> Completion:
         """One attempt as a Langfuse generation: model, usage, cost, TTFT, and the routing decision."""
         if self._langfuse is None:
-            return await self._stream(d, chat, max_tokens, temperature, on_token)
+            return await self._stream(d, ask)
         with self._langfuse.start_as_current_observation(
             as_type="generation",
             name=f"llm {d.tier}",
             model=d.model,
-            input=[{"role": m.type, "content": m.content} for m in chat],
-            model_parameters={"max_tokens": max_tokens, "temperature": temperature},
+            input=[{"role": m.type, "content": m.content} for m in ask.chat],
+            model_parameters={"max_tokens": ask.max_tokens, "temperature": ask.temperature},
             metadata={"deployment": d.name, "routing": decision.explain()},
         ) as generation:
             started = datetime.now(UTC)
             try:
-                result = await self._stream(d, chat, max_tokens, temperature, on_token)
+                result = await self._stream(d, ask)
             except Exception as exc:
                 generation.update(level="ERROR", status_message=f"{d.name}: {classify(exc).reason}")
                 raise
@@ -307,15 +324,11 @@ class ModelClient:
             )
             return result
 
-    async def _stream(
-        self, d: Deployment, chat: list[BaseMessage], max_tokens: int, temperature: float, on_token: OnToken | None
-    ) -> Completion:
+    async def _stream(self, d: Deployment, ask: _Ask) -> Completion:
         from observability.instruments import model_metrics
 
         metrics = model_metrics()
-        model = self._chat_model(d, max_tokens, temperature)
-        state = self.balancer.state
-        state.acquire(d.name)
+        model = self._chat_model(d, ask.max_tokens, ask.temperature)
         metrics.in_flight.labels(d.name).inc()
         started = time.perf_counter()
         ttft: float | None = None
@@ -323,7 +336,7 @@ class ModelClient:
         usage: dict[str, Any] | None = None
         try:
             async with asyncio.timeout(d.timeout_s):
-                async for chunk in model.astream(chat):
+                async for chunk in model.astream(ask.chat):
                     if chunk.usage_metadata:
                         usage = dict(chunk.usage_metadata)
                     text = chunk.content if isinstance(chunk.content, str) else ""
@@ -333,24 +346,22 @@ class ModelClient:
                         ttft = time.perf_counter() - started
                         metrics.ttft.labels(d.name).observe(ttft)
                     pieces.append(text)
-                    if on_token is not None:
-                        await on_token(text)
-                    if len(pieces) >= max_tokens:  # servers that ignore the limit still stop here
+                    if ask.on_token is not None:
+                        await ask.on_token(text)
+                    if len(pieces) >= ask.max_tokens:  # servers that ignore the limit still stop here
                         break
         except Exception as exc:
-            if pieces and on_token is not None:
+            if pieces and ask.on_token is not None:
                 raise PartialStreamError(
                     f"{d.name} failed after streaming {len(pieces)} chunks ({classify(exc).reason}); not retried"
                 ) from exc
             raise
         finally:
-            state.release(d.name)
             metrics.in_flight.labels(d.name).dec()
         latency = time.perf_counter() - started
-        state.record_latency(d.name, ttft if ttft is not None else latency)
         text = "".join(pieces)
         estimated = usage is None  # e.g. llama.cpp sends no usage on streams: count roughly, and say so
-        tokens_in = int(usage["input_tokens"]) if usage else sum(len(str(m.content)) for m in chat) // 4 + 1
+        tokens_in = int(usage["input_tokens"]) if usage else sum(len(str(m.content)) for m in ask.chat) // 4 + 1
         tokens_out = int(usage["output_tokens"]) if usage else len(pieces)
         metrics.tokens.labels(d.name, "in").inc(tokens_in)
         metrics.tokens.labels(d.name, "out").inc(tokens_out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from core.settings import Settings
 from orchestrion.launcher import services
 from orchestrion.launcher.ports import PortBook
 from orchestrion.launcher.supervisor import launch
-from routing.balancer import Balancer, FleetState, HealthSettings
+from routing.balancer import Balancer, FleetState, Health, HealthSettings
 from routing.client import BudgetExceededError, ModelClient, ModelUnavailableError
 from routing.fleet import Deployment, Fleet, embedded_fleet
 from routing.ledger import Ledger, ResponseCache
@@ -29,7 +31,7 @@ ASK = [{"role": "user", "content": "Name a primary colour."}]
 def _client(valkey: str, fleet: Fleet, policy: str = "least_connections", **health: float) -> ModelClient:
     client = redis.Redis.from_url(valkey)
     prefix = f"t-{uuid.uuid4().hex[:8]}"
-    state = FleetState(client, prefix, HealthSettings(**health))  # type: ignore[arg-type]
+    state = FleetState(valkey, prefix, HealthSettings(**health))  # type: ignore[arg-type]
     router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
     return ModelClient(fleet, router, Balancer(state, policy), Ledger(client, prefix),  # type: ignore[arg-type]
                        ResponseCache(client, prefix, fleet.cache_ttl_s))  # fmt: skip
@@ -38,6 +40,16 @@ def _client(valkey: str, fleet: Fleet, policy: str = "least_connections", **heal
 def _complete(client: ModelClient, tenant: str = "acme", **kwargs: object) -> object:
     kwargs.setdefault("hint", "small")  # these fleets serve the small tier
     return anyio.run(lambda: client.complete(tenant, ASK, **kwargs))  # type: ignore[arg-type]
+
+
+def _health(client: ModelClient, name: str) -> Health:
+    async def read() -> Health:
+        try:
+            return (await client.balancer.state.snapshot([name]))[name]
+        finally:
+            await client.balancer.state.aclose()
+
+    return anyio.run(read)
 
 
 def test_real_local_model_streams_with_ttft_usage_and_cost(valkey: str, local_llm: str) -> None:
@@ -85,21 +97,20 @@ def test_stopped_backend_cools_down_and_recovers_when_restarted(
     spec = second_llm["spec"]
     fleet = embedded_fleet([local_llm, spec.urls["llm_base_url"]], "gemma-3-270m")  # type: ignore[attr-defined]
     client = _client(valkey, fleet, "round_robin", failures_to_open=2, cooldown_s=1.0, probe_timeout_s=30)
-    state = client.balancer.state
 
     second_llm["process"].stop()  # type: ignore[attr-defined]
     answers = [_complete(client, hint="small", max_tokens=4, bypass_cache=True) for _ in range(6)]
 
     assert {a.deployment for a in answers} == {"local-small-1"}  # type: ignore[attr-defined]
-    assert state.status("local-small-2") in ("open", "half-open")
+    assert _health(client, "local-small-2").status in ("open", "half-open")
     assert any("local-small-2: connection failed" in a for ans in answers for a in ans.attempts)  # type: ignore[attr-defined]
 
     second_llm["process"] = launch(spec, second_llm["dir"], CONSOLE)  # type: ignore[arg-type]
     deadline = time.monotonic() + 60
-    while state.status("local-small-2") != "closed" and time.monotonic() < deadline:
+    while _health(client, "local-small-2").status != "closed" and time.monotonic() < deadline:
         _complete(client, hint="small", max_tokens=4, bypass_cache=True)
         time.sleep(0.5)
-    assert state.status("local-small-2") == "closed"  # the half-open probe succeeded
+    assert _health(client, "local-small-2").status == "closed"  # the half-open probe succeeded
 
 
 @pytest.fixture
@@ -119,17 +130,19 @@ def _sim_fleet(sims: list[ProviderSimulator], **fleet: object) -> Fleet:
 def test_429_honours_retry_after_and_5xx_fails_over(valkey: str, simulators: list[ProviderSimulator]) -> None:
     a, b = simulators
     client = _client(valkey, _sim_fleet(simulators), "round_robin", failures_to_open=5)
-    a.behaviour.status, a.behaviour.retry_after_s = 429, 30
+    a.behaviour.status, a.behaviour.retry_after_s = 429, 2
+    opened = time.monotonic()
 
     answers = [_complete(client, bypass_cache=True) for _ in range(4)]
 
     assert {x.deployment for x in answers} == {"sim-b"}  # type: ignore[attr-defined]
     assert a.behaviour.calls == 1  # after its 429, sim-a is left alone for Retry-After
-    assert client.balancer.state.status("sim-a") == "open"
+    assert _health(client, "sim-a").status == "open"
 
     b.behaviour.status = 503
     a.behaviour.status = 200
-    client.balancer.state.record_success("sim-a")
+    time.sleep(max(0.0, opened + 2.2 - time.monotonic()))
+    assert _health(client, "sim-a").status == "closed"  # a 429 is not a failure: no probe needed
     calls_before = b.behaviour.calls
     assert _complete(client, bypass_cache=True).deployment == "sim-a"  # type: ignore[attr-defined]
     assert b.behaviour.calls - calls_before in (0, 2)  # tried (and retried once) only if picked first
@@ -142,6 +155,30 @@ def test_timeouts_are_retried_then_reported(valkey: str, simulators: list[Provid
     with pytest.raises(ModelUnavailableError, match="timeout"):
         _complete(client, bypass_cache=True)
     assert all(s.behaviour.calls == 2 for s in simulators)  # one try + one retry each
+    assert all(_health(client, s.name).in_flight == 0 for s in simulators)  # every lease went back
+
+
+def test_a_cancelled_call_returns_its_lease_at_once(valkey: str, simulators: list[ProviderSimulator]) -> None:
+    for sim in simulators:
+        sim.behaviour.delay_s = 0.9  # within the 1 s timeout: the call is still running when it is cancelled
+    client = _client(valkey, _sim_fleet(simulators))
+    state, names = client.balancer.state, [s.name for s in simulators]
+
+    async def in_flight() -> int:
+        return sum(h.in_flight for h in (await state.snapshot(names)).values())
+
+    async def scenario() -> tuple[int, int]:
+        call = asyncio.create_task(client.complete("acme", ASK, hint="small", bypass_cache=True))
+        await asyncio.sleep(0.4)
+        during = await in_flight()
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        after = await in_flight()  # at once, not when the lease (1 s timeout + 5 s margin) would expire
+        await state.aclose()
+        return during, after
+
+    assert asyncio.run(scenario()) == (1, 0)
 
 
 def test_budget_refuses_or_downgrades(valkey: str, simulators: list[ProviderSimulator]) -> None:
