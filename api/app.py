@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,6 +12,7 @@ import anyio
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +26,7 @@ from mcp_servers.server import attach_models, build_server
 from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
 from observability.metrics import render_latest
 from observability.tracing import init_tracing
+from rag.services import RagServices
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,17 @@ class MetricsMiddleware:
             HTTP_LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
 
 
+def _untraced(scope: MutableMapping[str, Any]) -> bool:
+    return scope.get("path") in ("/metrics", "/healthz")
+
+
+# FastAPI's own OpenTelemetry: one server span per request (the MCP SDK adds its spans under
+# it). Not its per-dependency and per-endpoint spans, nor spans for scrapes and health checks:
+# each span is export work on the serving process, and those carry nothing to debug with.
+# Its OTel metrics are off because /metrics serves Prometheus.
+TELEMETRY: TelemetryConfig = {"operation_spans": False, "metrics": False, "exclude": _untraced}
+
+
 def public_url(settings: Settings) -> str:
     if settings.server.public_url:
         return settings.server.public_url.rstrip("/")
@@ -77,18 +90,24 @@ def create_app(settings: Settings) -> FastAPI:
         tracing = init_tracing(settings, "api")
         state["redis"] = aioredis.Redis.from_url(endpoints.redis_url, socket_timeout=2)
         state["queues"] = _queue_depth_registry(settings, endpoints.redis_url)
-        app.state.rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings)
+        app.state.rag, _queue = await anyio.to_thread.run_sync(
+            open_rag_with_queue, settings, settings.rag.query_embed_threads
+        )
+        # Load the embedding model before /healthz answers, so no search pays for torch's start.
+        await anyio.to_thread.run_sync(app.state.rag.embedder.embed, ["warm-up"])
         deps.rag = app.state.rag
         attach_models(deps, settings, app.state.rag, tracing.langfuse)
         try:
-            async with mcp.session_manager.run():
+            async with anyio.create_task_group() as background, mcp.session_manager.run():
+                background.start_soon(_offload_idle_tenants, app.state.rag)
                 yield
+                background.cancel_scope.cancel()
         finally:
             app.state.rag.close()
             await state["redis"].aclose()
             tracing.shutdown()
 
-    app = FastAPI(title="Orchestrion", version=orchestrion_version(), lifespan=lifespan)
+    app = FastAPI(title="Orchestrion", version=orchestrion_version(), lifespan=lifespan, telemetry=TELEMETRY)
     app.add_middleware(MetricsMiddleware)
     install_error_handlers(app)
     app.include_router(documents_router)
@@ -103,8 +122,10 @@ def create_app(settings: Settings) -> FastAPI:
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
 
+    # Sync on purpose: FastAPI runs it in a thread, so the queue-depth reads from Redis
+    # never block the event loop that serves MCP calls.
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    def metrics() -> Response:
         body, content_type = render_latest()
         return Response(body + generate_latest(state["queues"]), media_type=content_type)
 
@@ -112,6 +133,23 @@ def create_app(settings: Settings) -> FastAPI:
     # with its own middleware (transport security, later bearer auth) intact.
     app.mount("/", mcp_app)
     return app
+
+
+async def _offload_idle_tenants(rag: RagServices) -> None:
+    """Every few minutes, close the files of tenants nobody used lately (see rag/activity.py).
+    Every API replica runs this; setting a tenant INACTIVE twice is harmless."""
+    from rag.activity import offload_idle
+
+    idle_s = rag.settings.rag.tenant_idle_offload_s
+    while idle_s:
+        await anyio.sleep(rag.settings.rag.tenant_offload_check_s)
+        try:
+            done = await anyio.to_thread.run_sync(offload_idle, rag.store, rag.activity, idle_s)
+        except Exception:
+            log.warning("offloading idle tenants failed", exc_info=True)
+            continue
+        if done:
+            log.info("offloaded %d idle tenant(s)", len(done))
 
 
 def _queue_depth_registry(settings: Settings, redis_url: str) -> CollectorRegistry:

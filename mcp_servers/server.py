@@ -45,7 +45,7 @@ def build_server(
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
         from workers.client import open_rag_with_queue
 
-        rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings)
+        rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings, settings.rag.query_embed_threads)
         deps.rag = rag
         attach_models(deps, settings, rag)
         try:

@@ -28,7 +28,13 @@ log = logging.getLogger(__name__)
 
 
 class JsonLinesSpanExporter(SpanExporter):
-    """Appends each finished span as one JSON object per line (the OTel SDK's own JSON form)."""
+    """Appends each finished span as one compact JSON object per line.
+
+    Not the SDK's `to_json()`: that pretty-prints and repeats the process's resource in
+    every span, which cost ~100 us of GIL time per span, a fifth of a search request's
+    server time in bench/retrieval. The service name is kept; the rest of the resource is
+    the same on every line of one process.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -36,13 +42,30 @@ class JsonLinesSpanExporter(SpanExporter):
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(json.loads(span.to_json())) + "\n" for span in spans)
+        lines = "".join(json.dumps(_record(span), separators=(",", ":"), default=str) + "\n" for span in spans)
         with self._lock, self.path.open("a") as f:
             f.write(lines)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         return None
+
+
+def _record(span: ReadableSpan) -> dict[str, object]:
+    context, parent = span.context, span.parent
+    return {
+        "name": span.name,
+        "trace_id": f"{context.trace_id:032x}" if context else None,
+        "span_id": f"{context.span_id:016x}" if context else None,
+        "parent_id": f"{parent.span_id:016x}" if parent else None,
+        "kind": span.kind.name,
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "service": span.resource.attributes.get("service.name"),
+        "attributes": dict(span.attributes or {}),
+        "events": [{"name": e.name, "ns": e.timestamp, "attributes": dict(e.attributes or {})} for e in span.events],
+    }
 
 
 @dataclass

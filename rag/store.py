@@ -129,9 +129,13 @@ def _tenant_checked(method: F) -> F:
 
 
 class ChunkStore:
-    def __init__(self, client: WeaviateClient, spec: EmbeddingSpec) -> None:
+    def __init__(
+        self, client: WeaviateClient, spec: EmbeddingSpec, on_use: Callable[[str], None] | None = None
+    ) -> None:
+        """`on_use(tenant)` is called on every read or write of a tenant (see rag/activity.py)."""
         self.client = client
         self.spec = spec
+        self._on_use = on_use
         self.chunks_name, self.docs_name = collection_names(spec)
         self._tenants = _TenantCache()
         self._meta_props: dict[str, DataType] | None = None
@@ -176,6 +180,8 @@ class ChunkStore:
             if collection.tenants.get_by_name(tenant) is None:
                 collection.tenants.create([Tenant(name=tenant)])
         self._tenants.remember(tenant)
+        if self._on_use is not None:
+            self._on_use(tenant)
 
     def delete_tenant(self, tenant: str) -> None:
         for name in (self.chunks_name, self.docs_name):
@@ -189,6 +195,8 @@ class ChunkStore:
 
     def require_tenant(self, tenant: str) -> None:
         """The tenant's data lives in this model's collection; otherwise say where it is, or that it is missing."""
+        if self._on_use is not None:
+            self._on_use(tenant)
         if self._tenants.fresh(tenant):
             return
         if self.has_tenant(tenant):

@@ -54,7 +54,9 @@ def create_celery_app(settings: Settings, redis_url: str) -> Celery:
 
 def queue_depth(app: Celery, queue: str) -> int:
     """Tasks waiting in `queue` (not counting those a worker holds unacknowledged)."""
-    with app.connection_for_read() as conn:
+    # A pooled connection: this runs on every ingest submission and every /metrics scrape,
+    # and a fresh connection costs a connect, a channel and a PING each time.
+    with app.pool.acquire(block=True) as conn:
         client = conn.default_channel.client  # prefixes keys with global_keyprefix itself
         return int(client.llen(queue))
 

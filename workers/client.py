@@ -21,7 +21,7 @@ class QueueClient:
         return queue_depth(self.app, "ingest")
 
 
-def open_rag_with_queue(settings: Settings) -> tuple[RagServices, QueueClient]:
+def open_rag_with_queue(settings: Settings, embed_threads: int = 0) -> tuple[RagServices, QueueClient]:
     queue = QueueClient(settings, resolve_endpoints(settings).redis_url)
-    rag = open_rag(settings, enqueue=queue.enqueue_ingest, queue_depth=queue.ingest_depth)
+    rag = open_rag(settings, enqueue=queue.enqueue_ingest, queue_depth=queue.ingest_depth, embed_threads=embed_threads)
     return rag, queue
