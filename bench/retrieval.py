@@ -91,6 +91,12 @@ class PathResult:
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per role during the timed rounds
     server_s: float = 0.0  # mcp only: time the server's own histogram records for POST /mcp in the rounds
     server_n: float = 0.0
+    embed_texts: float = 0.0  # mcp only: texts the server embedded, and in how many model calls
+    embed_calls: float = 0.0
+
+    @property
+    def embed_batch(self) -> float:
+        return self.embed_texts / self.embed_calls if self.embed_calls else math.nan
 
     @property
     def server_ms(self) -> float:
@@ -373,17 +379,19 @@ async def mcp_client(url: str, token: str, slot: Slot, gates: RoundGates, result
         raise
 
 
-SERVER_HISTOGRAM = re.compile(
-    r'^orchestrion_http_request_duration_seconds_(sum|count)\{method="POST",route="/mcp"\} (\S+)$', re.MULTILINE
+SERVER_METRICS = re.compile(
+    r'^orchestrion_(http_request_duration_seconds|embed_batch_texts)_(sum|count)(?:\{method="POST",route="/mcp"\})? '
+    r"(\S+)$",
+    re.MULTILINE,
 )
 
 
-async def server_mcp_time(url: str) -> tuple[float, float]:
-    """(sum, count) of the API server's own latency histogram for POST /mcp, from its /metrics."""
+async def server_stats(url: str) -> dict[str, float]:
+    """From the API server's /metrics: its own latency histogram for POST /mcp, and its embedding
+    model calls (texts and calls), keyed like `http_request_duration_seconds_sum`."""
     async with httpx.AsyncClient(timeout=30.0) as client:
         text = (await client.get(url.removesuffix("/mcp") + "/metrics")).text
-    found = {kind: float(value) for kind, value in SERVER_HISTOGRAM.findall(text)}
-    return found.get("sum", 0.0), found.get("count", 0.0)
+    return {f"{name}_{kind}": float(value) for name, kind, value in SERVER_METRICS.findall(text)}
 
 
 async def mcp_round(url: str, tokens: dict[str, str], slots: list[Slot], result: PathResult, cpu: CpuReader) -> None:
@@ -393,15 +401,21 @@ async def mcp_round(url: str, tokens: dict[str, str], slots: list[Slot], result:
     clients = [asyncio.create_task(mcp_client(url, tokens[s.tenant], s, gates, result)) for s in slots]
     try:
         await gates.all_open.wait()
-        server_before = await server_mcp_time(url)
+        server_before = await server_stats(url)
         before, started = cpu(), time.perf_counter()
         gates.go.set()
         await gates.all_done.wait()
         result.timed_s += time.perf_counter() - started
         add_cpu(result, before, cpu())
-        server_after = await server_mcp_time(url)
-        result.server_s += server_after[0] - server_before[0]
-        result.server_n += server_after[1] - server_before[1]
+        after = await server_stats(url)
+
+        def grew(key: str) -> float:
+            return after.get(key, 0.0) - server_before.get(key, 0.0)
+
+        result.server_s += grew("http_request_duration_seconds_sum")
+        result.server_n += grew("http_request_duration_seconds_count")
+        result.embed_texts += grew("embed_batch_texts_sum")
+        result.embed_calls += grew("embed_batch_texts_count")
     finally:
         outcomes = await asyncio.gather(*clients, return_exceptions=True)
     for outcome in outcomes:
@@ -428,6 +442,7 @@ LATENCY_HEADERS = [
     "server",
     "weaviate",
     "server-side ms",
+    "texts/embed call",
 ]
 RATIO_HEADERS = [
     "clients",
@@ -458,6 +473,7 @@ def latency_row(r: PathResult) -> tuple[object, ...]:
         r.cpu_ms("api"),
         r.cpu_ms("weaviate"),
         r.server_ms,
+        r.embed_batch,
     )
 
 
@@ -481,7 +497,7 @@ def report(results: list[PathResult], setup: list[tuple[str, object]]) -> None:
     title = (
         "search_documents latency (hybrid, alpha 0.5, k 5). CPU ms per request by process: client = this process "
         "(MCP SDK or weaviate-client, and raw+emb's embedding), server = orchestrion serve. server-side ms = the "
-        "server's own histogram for POST /mcp"
+        "server's own histogram for POST /mcp; texts/embed call = queries the server embedded per model call"
     )
     OUT.print(table(title, LATENCY_HEADERS, [latency_row(r) for r in results]))
     by = {(r.path, r.level): r for r in results}

@@ -12,22 +12,11 @@ from pydantic import BaseModel, Field
 from mcp_servers.context import ServerDeps, caller_tenant, client_errors
 from rag.filters import FilterSpec
 from rag.search import SearchRequest, search
-
-
-class Hit(BaseModel):
-    text: str
-    score: float
-    doc_id: str
-    source: str
-    title: str
-    heading_path: list[str]
-    chunk_index: int
-    doc_type: str
-    tags: list[str]
+from rag.store import SearchHit
 
 
 class SearchResults(BaseModel):
-    hits: list[Hit] = Field(description="Best first; each carries what a citation needs.")
+    hits: list[SearchHit] = Field(description="Best first; each carries what a citation needs.")
 
 
 class Document(BaseModel):
@@ -43,7 +32,7 @@ class Document(BaseModel):
 
 class DocumentChunks(BaseModel):
     document: Document
-    chunks: list[Hit] = Field(description="Every chunk of the document, in order.")
+    chunks: list[SearchHit] = Field(description="Every chunk of the document, in order.")
 
 
 class DocumentPage(BaseModel):
@@ -68,7 +57,7 @@ def add_retrieval_tools(server: MCPServer, deps: ServerDeps) -> None:
                 query=query, mode=mode, k=k, alpha=alpha, fusion=fusion, filters=filters, min_score=min_score
             )
             hits = await anyio.to_thread.run_sync(lambda: search(rag.store, rag.embedder, tenant, request))
-            return SearchResults(hits=[Hit(**asdict(h)) for h in hits])
+            return SearchResults(hits=hits)
 
     @server.tool(description="All chunks of one of the caller's documents, in order, with its metadata.")
     async def get_document(doc_id: str = Field(min_length=1, max_length=200)) -> DocumentChunks:
@@ -78,7 +67,7 @@ def add_retrieval_tools(server: MCPServer, deps: ServerDeps) -> None:
             def read() -> DocumentChunks:
                 info = rag.store.document(tenant, doc_id)
                 chunks = rag.store.document_chunks(tenant, doc_id)
-                return DocumentChunks(document=_document(asdict(info)), chunks=[Hit(**asdict(c)) for c in chunks])
+                return DocumentChunks(document=_document(asdict(info)), chunks=chunks)
 
             return await anyio.to_thread.run_sync(read)
 

@@ -20,6 +20,12 @@ TASKS = Counter("orchestrion_celery_tasks_total", "Celery tasks finished", ["tas
 TASK_LATENCY = Histogram(
     "orchestrion_celery_task_duration_seconds", "Celery task run time", ["task"], buckets=LATENCY_BUCKETS
 )
+EMBED_BATCH = Histogram(
+    "orchestrion_embed_batch_texts",
+    "Texts per embedding model call (concurrent callers share calls)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+EMBED_SECONDS = Histogram("orchestrion_embed_seconds", "Embedding model call time", buckets=LATENCY_BUCKETS)
 
 
 class QueueDepthCollector(Collector):

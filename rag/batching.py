@@ -13,6 +13,7 @@ with load and not with latency.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -59,12 +60,18 @@ class BatchingEmbedder:
             return batch
 
     def _dispatch(self) -> None:
+        # Imported here, on first use: a worker must set up multiprocess metrics before importing them.
+        from observability.instruments import EMBED_BATCH, EMBED_SECONDS
+
         while True:
             batch = self._next_batch()
             texts = [text for caller_texts, _ in batch for text in caller_texts]
+            started = time.perf_counter()
             try:
                 vectors = self._inner.embed(texts)
                 self.calls += 1
+                EMBED_SECONDS.observe(time.perf_counter() - started)
+                EMBED_BATCH.observe(len(texts))
             except BaseException as error:  # noqa: BLE001 - each waiting caller gets it; the dispatcher lives on
                 for _, done in batch:
                     done.set_exception(error)
