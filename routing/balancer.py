@@ -69,6 +69,8 @@ end
 # KEYS[1]: the group's round-robin counter; then per candidate, in _CANDIDATE_KEYS order:
 # leases, starts, ewma, open, failures, probe.
 # ARGV: order, failures_to_open, probe_ms, lease id, r1, r2; then per candidate: name, weight, lease_ms, tie.
+# The random numbers (r1, r2 for the two choices, tie per candidate) come from the caller's Random, so a
+# seeded one makes picks reproducible.
 # Returns {name, probe (0/1)} for the admitted candidate, whose lease is taken, or nil.
 _PICK = (
     _COMMON
