@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -144,7 +145,10 @@ class IngestService:
         limit = self.settings.ingest_queue_limit
         if depth + incoming > limit:
             backlog = depth + incoming - limit
-            retry_after = max(1, min(300, math.ceil(backlog * self.jobs.mean_duration())))
+            # Drawn between one and two times the time to drain the excess: clients refused
+            # together would otherwise all come back together (bench/RESULTS.md, ingest_burst).
+            drain_s = backlog * self.jobs.mean_duration()
+            retry_after = max(1, min(300, math.ceil(drain_s * (1 + random.random()))))
             raise BusyError(
                 f"busy: the ingest queue holds {depth} jobs (limit {limit}); nothing was accepted, retry after "
                 f"{retry_after}s",
