@@ -7,8 +7,10 @@ written with ChunkStore.write_document. Every tenant's chunks are stored in its 
 
 At 1, 16 and 64 concurrent clients, three paths run the same plan of queries (hybrid, alpha 0.5, k 5):
   raw-vec  weaviate-client hybrid query with a precomputed query vector (threads, one shared client);
-  raw+emb  the same, embedding the query first with the same model in this process: the same work the
-           server does, so the target applies here: MCP p99 <= 1.3 x raw+emb p99;
+  raw+emb  the same, embedding each query first with the same model in this process: the same work the
+           server does per query, so the target applies here: MCP p99 <= 1.3 x raw+emb p99. The server
+           batches concurrent queries (rag/batching.py), this path does not; the report shows the
+           server's texts per model call;
   mcp      the MCP SDK client over streamable HTTP, one session per client with its tenant's bearer token.
 A level runs in rounds: each client takes a random tenant and sends `--per-session` requests; MCP sessions
 are opened before a round's clock starts and closed after it stops. Every query string is unique in the run,
