@@ -4,7 +4,8 @@ Three ProviderSimulator backends (tests/provider_simulator.py, OpenAI-compatible
 after `--delay-ms` (default 250 ms) each; they run in a child process of their own, as a remote provider would not
 share the client's CPU and GIL. One ModelClient (router -> balancer -> streaming call) serves them, all three in
 tier "small", hint="small", bypass_cache=True, retries 1, with FleetState in a private Valkey started here (the
-launcher's redis_spec) and stopped on exit. `--clients` tasks (default 8) call it in a closed loop for
+launcher's redis_spec) and stopped on exit. Health settings are the fleet's defaults, so every policy skips a
+latency outlier (peak-EWMA above 3x the best of the others, probed once per 10 s). `--clients` tasks (default 8) call it in a closed loop for
 `--seconds` per phase (default 90; --quick 20), each loop bounded by the deadline and a call count.
 
 For each policy (round_robin, least_connections, latency_aware), each with a fresh FleetState prefix:
@@ -185,7 +186,7 @@ def build_client(redis_url: str, r: redis.Redis, urls: Sequence[str], policy: Po
     ]  # fmt: skip
     fleet = Fleet(deployments=deployments, policy=policy, retries=1, backoff_base_s=0.01, fallback_to_next_tier=False)
     prefix = f"bench-bal-{policy}-{uuid.uuid4().hex[:8]}"
-    state = FleetState(redis_url, prefix)
+    state = FleetState(redis_url, prefix, fleet.health)
     router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
     return ModelClient(fleet, router, Balancer(state, policy, random.Random(seed)), Ledger(r, prefix),
                        ResponseCache(r, prefix, fleet.cache_ttl_s))  # fmt: skip

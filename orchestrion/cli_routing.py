@@ -77,7 +77,7 @@ def models() -> None:
 
     settings = _settings()
     fleet = configured_fleet(settings)
-    state = FleetState(resolve_endpoints(settings).redis_url, settings.redis.key_prefix)
+    state = FleetState(resolve_endpoints(settings).redis_url, settings.redis.key_prefix, fleet.health)
 
     async def snapshot() -> dict[str, Health]:
         try:

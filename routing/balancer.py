@@ -18,6 +18,17 @@ reopening (up to a maximum); once it expires one probe call is let through (half
 and its result closes or reopens the circuit; a 429 opens it for the provider's
 Retry-After.
 
+Latency outliers, for every policy (Envoy's outlier ejection, on latency as Finagle and
+Linkerd do): a deployment whose peak-EWMA latency exceeds `outlier_factor` x the best
+among the tier's other closed deployments, measured over at least `outlier_min_samples`
+calls, is skipped. Least connections alone would keep sending a 10x slower deployment
+about 1/21 of the calls, which no p99 hides. The best deployment is never an outlier,
+so something always stays in rotation. An ejected deployment with no call in flight
+gets one probe call once its last sample is `outlier_probe_s` old, and a probe's
+duration replaces its EWMA instead of blending into it: its old samples describe the
+deployment before it lost its traffic, and a recovered one should win traffic back on
+its first fast answer.
+
 Round trips: a call costs two on the happy path, each one Lua script run atomically in
 Redis: `pick` (prune expired leases, read load, latency and circuits, choose per policy,
 admit, take the lease) and `succeeded`/`failed` (return the lease, update the latency or
@@ -34,6 +45,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.commands.core import AsyncScript
 
 Policy = Literal["round_robin", "least_connections", "latency_aware"]
@@ -42,7 +54,10 @@ _Order = Policy | Literal["in_order"]
 
 _POOL_SIZE = 32
 _POOL_WAIT_S = 10.0
-_CANDIDATE_KEYS = ("leases", "starts", "ewma", "open", "failures", "probe")
+# "latency" is a hash (ewma, n samples, at = last sample's time in ms); its name differs from the
+# string key of earlier versions so that a rolling upgrade never reads one as the other.
+_CANDIDATE_KEYS = ("leases", "starts", "latency", "open", "failures", "probe")
+_FINISH_KEYS = ("leases", "starts", "latency", "failures", "open", "probe", "cooldown")
 
 _COMMON = """
 local function now_ms()
@@ -67,8 +82,9 @@ end
 """
 
 # KEYS[1]: the group's round-robin counter; then per candidate, in _CANDIDATE_KEYS order:
-# leases, starts, ewma, open, failures, probe.
-# ARGV: order, failures_to_open, probe_ms, lease id, r1, r2; then per candidate: name, weight, lease_ms, tie.
+# leases, starts, latency, open, failures, probe.
+# ARGV: order, failures_to_open, probe_ms, lease id, r1, r2, outlier_factor, outlier_min_samples,
+#       outlier_probe_ms; then per candidate: name, weight, lease_ms, tie.
 # The random numbers (r1, r2 for the two choices, tie per candidate) come from the caller's Random, so a
 # seeded one makes picks reproducible.
 # Returns {name, probe (0/1)} for the admitted candidate, whose lease is taken, or nil.
@@ -78,14 +94,49 @@ _PICK = (
 local now = now_ms()
 local order_by, failures_to_open, probe_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease, r1, r2 = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local outlier_factor, outlier_min_samples, outlier_probe_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local cands = {}
-for i = 1, (#ARGV - 6) / 4 do
-  local k, a = 1 + (i - 1) * 6, 6 + (i - 1) * 4
+for i = 1, (#ARGV - 9) / 4 do
+  local k, a = 1 + (i - 1) * 6, 9 + (i - 1) * 4
   local c = {name = ARGV[a + 1], weight = math.max(tonumber(ARGV[a + 2]), 1e-9), lease_ms = tonumber(ARGV[a + 3]),
-             tie = tonumber(ARGV[a + 4]), leases = KEYS[k + 1], starts = KEYS[k + 2], ewma = KEYS[k + 3],
+             tie = tonumber(ARGV[a + 4]), leases = KEYS[k + 1], starts = KEYS[k + 2], latency = KEYS[k + 3],
              open = KEYS[k + 4], failures = KEYS[k + 5], probe = KEYS[k + 6]}
   prune(c.leases, c.starts, now)
+  c.load = redis.call('ZCARD', c.leases)
+  local measured = redis.call('HMGET', c.latency, 'ewma', 'n', 'at')
+  c.ewma, c.samples, c.measured_at = tonumber(measured[1]), tonumber(measured[2] or '0'), tonumber(measured[3] or '0')
+  c.oldest = oldest_start(c.starts)
+  c.is_open = redis.call('EXISTS', c.open) == 1
+  c.closed = not c.is_open and tonumber(redis.call('GET', c.failures) or '0') < failures_to_open
+  -- Peak EWMA, for measured deployments only.
+  if c.ewma then c.estimate = math.max(c.ewma, c.oldest and (now - c.oldest) / 1000 or 0) end
   cands[i] = c
+end
+
+local function admit(c, verdict)
+  local expiry = now + c.lease_ms
+  redis.call('ZADD', c.leases, expiry, lease)
+  redis.call('ZADD', c.starts, now, lease)
+  local last = redis.call('ZRANGE', c.leases, -1, -1, 'WITHSCORES')
+  local at = string.format('%d', tonumber(last[2]))
+  redis.call('PEXPIREAT', c.leases, at)
+  redis.call('PEXPIREAT', c.starts, at)
+  return {c.name, verdict}
+end
+
+local skipped = {}
+for _, c in ipairs(cands) do
+  if c.closed and c.estimate and c.samples >= outlier_min_samples then
+    local best = nil
+    for _, o in ipairs(cands) do
+      if o ~= c and o.closed and o.estimate and (best == nil or o.estimate < best) then best = o.estimate end
+    end
+    if best and c.estimate > outlier_factor * best then
+      -- Calls in flight will measure it anyway; otherwise one probe per outlier_probe_ms.
+      if c.load == 0 and now - c.measured_at >= outlier_probe_ms then return admit(c, 1) end
+      skipped[c] = true
+    end
+  end
 end
 
 local function by_cost(x, y)
@@ -108,30 +159,31 @@ local function weighted(r, skip)
 end
 
 local order = cands
-if order_by == 'round_robin' and #cands > 0 then
-  local turns = {}
+local turns = {}
+if order_by == 'round_robin' then
+  -- Skipped deployments take no turns, so the rest share their calls evenly.
   for _, c in ipairs(cands) do
-    for _ = 1, math.max(1, math.floor(c.weight + 0.5)) do turns[#turns + 1] = c end
+    if not skipped[c] then
+      for _ = 1, math.max(1, math.floor(c.weight + 0.5)) do turns[#turns + 1] = c end
+    end
   end
+end
+if #turns > 0 then
   local start = redis.call('INCR', KEYS[1]) % #turns
   order = {}
   for j = 0, #turns - 1 do order[#order + 1] = turns[(start + j) % #turns + 1] end
 elseif order_by == 'least_connections' then
-  for _, c in ipairs(cands) do c.cost = redis.call('ZCARD', c.leases) / c.weight end
+  for _, c in ipairs(cands) do c.cost = c.load / c.weight end
   order = {unpack(cands)}
   table.sort(order, by_cost)
 elseif order_by == 'latency_aware' and #cands > 1 then
   local best = nil
   for _, c in ipairs(cands) do
-    c.load = redis.call('ZCARD', c.leases)
-    local ewma = redis.call('GET', c.ewma)
-    if ewma then c.latency = tonumber(ewma) end
-    c.oldest = oldest_start(c.starts)
-    if c.latency and (best == nil or c.latency < best) then best = c.latency end
+    if c.ewma and (best == nil or c.ewma < best) then best = c.ewma end
   end
   for _, c in ipairs(cands) do
     -- Unmeasured: assume the best, so it gets measured.
-    local estimate = c.latency or best or 0
+    local estimate = c.ewma or best or 0
     if c.oldest then estimate = math.max(estimate, (now - c.oldest) / 1000) end
     c.cost = (estimate + 0.001) * (c.load + 1) / c.weight
   end
@@ -146,48 +198,37 @@ elseif order_by == 'latency_aware' and #cands > 1 then
   order = {pair[1], pair[2], unpack(rest)}
 end
 
-local seen = {}
 for _, c in ipairs(order) do
-  if not seen[c.name] then
-    seen[c.name] = true
-    local verdict = nil
-    if redis.call('EXISTS', c.open) == 0 then
-      if tonumber(redis.call('GET', c.failures) or '0') < failures_to_open then
-        verdict = 0
-      elseif redis.call('SET', c.probe, '1', 'NX', 'PX', probe_ms) then
-        verdict = 1  -- half-open: this call is the one probe
-      end
+  if not skipped[c] then
+    if c.closed then return admit(c, 0) end
+    if not c.is_open and redis.call('SET', c.probe, '1', 'NX', 'PX', probe_ms) then
+      return admit(c, 1)  -- half-open: this call is the one probe
     end
-    if verdict then
-      local expiry = now + c.lease_ms
-      redis.call('ZADD', c.leases, expiry, lease)
-      redis.call('ZADD', c.starts, now, lease)
-      local last = redis.call('ZRANGE', c.leases, -1, -1, 'WITHSCORES')
-      local at = string.format('%d', tonumber(last[2]))
-      redis.call('PEXPIREAT', c.leases, at)
-      redis.call('PEXPIREAT', c.starts, at)
-      return {c.name, verdict}
-    end
+    skipped[c] = true  -- round robin lists a weighted candidate more than once
   end
 end
 return nil
 """
 )
 
-# KEYS: leases, starts, ewma, failures, open, probe, cooldown.
+# KEYS: leases, starts, latency, failures, open, probe, cooldown.
 # ARGV: lease id, outcome (ok | failed | retry_after | release), latency_s, alpha, memory_ms,
-#       failures_to_open, cooldown_s, max_cooldown_s, retry_after_ms.
+#       failures_to_open, cooldown_s, max_cooldown_s, retry_after_ms, probe (0/1).
 # Returns 1 when the circuit is now open because of this call.
-_FINISH = """
+_FINISH = (
+    _COMMON
+    + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 local outcome = ARGV[2]
 if outcome == 'ok' then
   local x, alpha = tonumber(ARGV[3]), tonumber(ARGV[4])
-  local old = redis.call('GET', KEYS[3])
+  local old = redis.call('HGET', KEYS[3], 'ewma')
   local new = x
-  if old then new = alpha * x + (1 - alpha) * tonumber(old) end
-  redis.call('SET', KEYS[3], tostring(new), 'PX', ARGV[5])
+  if old and ARGV[10] ~= '1' then new = alpha * x + (1 - alpha) * tonumber(old) end
+  redis.call('HSET', KEYS[3], 'ewma', tostring(new), 'at', string.format('%d', now_ms()))
+  redis.call('HINCRBY', KEYS[3], 'n', 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
   return 0
 elseif outcome == 'retry_after' then
@@ -206,8 +247,9 @@ elseif outcome == 'failed' then
 end
 return 0
 """
+)
 
-# KEYS per name: leases, starts, ewma, open, failures. ARGV: failures_to_open.
+# KEYS per name: leases, starts, latency, open, failures. ARGV: failures_to_open.
 # Returns per name: status, calls in flight, EWMA seconds ('' when unknown), oldest call's age in ms ('' when none).
 _SNAPSHOT = (
     _COMMON
@@ -225,7 +267,7 @@ for i = 1, #KEYS, 5 do
   local oldest = oldest_start(KEYS[i + 1])
   out[#out + 1] = status
   out[#out + 1] = tostring(redis.call('ZCARD', KEYS[i]))
-  out[#out + 1] = redis.call('GET', KEYS[i + 2]) or ''
+  out[#out + 1] = redis.call('HGET', KEYS[i + 2], 'ewma') or ''
   out[#out + 1] = oldest and tostring(now - oldest) or ''
 end
 return out
@@ -244,16 +286,35 @@ class Candidate(Protocol):
     def timeout_s(self) -> float: ...
 
 
-@dataclass(frozen=True)
-class HealthSettings:
-    failures_to_open: int = 3
-    cooldown_s: float = 10.0
-    max_cooldown_s: float = 120.0
-    probe_timeout_s: float = 30.0
-    ewma_alpha: float = 0.3
-    latency_memory_s: float = 30.0
-    # A lease outlives the call's own timeout by this much, so only a dead holder's lease expires.
-    lease_margin_s: float = 5.0
+class HealthSettings(BaseModel):
+    """Circuit, latency and outlier settings (the fleet file's `health`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    failures_to_open: int = Field(default=3, ge=1, description="Consecutive failures that open a circuit.")
+    cooldown_s: float = Field(default=10.0, gt=0, description="First open period; doubles on each reopening.")
+    max_cooldown_s: float = Field(default=120.0, gt=0)
+    probe_timeout_s: float = Field(default=30.0, gt=0, description="How long a half-open probe holds its slot.")
+    ewma_alpha: float = Field(default=0.3, gt=0, le=1, description="Weight of a new call in the latency EWMA.")
+    latency_memory_s: float = Field(default=30.0, gt=0, description="A latency estimate expires this long unfed.")
+    lease_margin_s: float = Field(
+        default=5.0, ge=0, description="A lease outlives its call's timeout by this much: only a dead holder's expires."
+    )
+    outlier_factor: float = Field(
+        default=3.0, gt=1, description="Skip a deployment this many times slower than the tier's best (peak-EWMA)."
+    )
+    outlier_min_samples: int = Field(default=5, ge=1, description="Calls measured before a deployment can be skipped.")
+    outlier_probe_s: float = Field(
+        default=10.0, gt=0, description="A skipped deployment gets one probe call once its last sample is this old."
+    )
+
+    @model_validator(mode="after")
+    def _probes_outrun_memory(self) -> HealthSettings:
+        # Probes keep a skipped deployment's estimate alive; if it expired first, the deployment would look
+        # unmeasured and take its full share again before being skipped anew.
+        if self.outlier_probe_s >= self.latency_memory_s:
+            raise ValueError("outlier_probe_s must be below latency_memory_s")
+        return self
 
 
 @dataclass(frozen=True)
@@ -321,7 +382,8 @@ class FleetState:
         keys = [self._key("rr", group)] + [self._key(kind, c.name) for c in pool for kind in _CANDIDATE_KEYS]
         lease = uuid.uuid4().hex
         args: list[str | float] = [order, h.failures_to_open, int(h.probe_timeout_s * 1000), lease, rng.random(),
-                                   rng.random()]  # fmt: skip
+                                   rng.random(), h.outlier_factor, h.outlier_min_samples,
+                                   int(h.outlier_probe_s * 1000)]  # fmt: skip
         for c in pool:
             args += [c.name, c.weight, int((c.timeout_s + h.lease_margin_s) * 1000), rng.random()]
         picked = await self._connection().pick(keys=keys, args=args)
@@ -331,7 +393,7 @@ class FleetState:
         return Lease(name.decode() if isinstance(name, bytes) else str(name), lease, bool(probe))
 
     async def succeeded(self, lease: Lease, latency_s: float) -> None:
-        """Return the lease, fold the call's duration into the EWMA and close the circuit."""
+        """Return the lease, fold the call's duration into the EWMA (a probe's replaces it) and close the circuit."""
         await self._finish(lease, "ok", latency_s=latency_s)
 
     async def failed(self, lease: Lease, retry_after_s: float | None = None) -> bool:
@@ -346,17 +408,17 @@ class FleetState:
 
     async def _finish(self, lease: Lease, outcome: str, latency_s: float = 0.0, retry_after_ms: int = 0) -> bool:
         h, name = self.health, lease.name
-        keys = [self._key(kind, name) for kind in ("leases", "starts", "ewma", "failures", "open", "probe", "cooldown")]
+        keys = [self._key(kind, name) for kind in _FINISH_KEYS]
         memory_ms = int(h.latency_memory_s * 1000)
         args: list[str | float] = [lease.id, outcome, latency_s, h.ewma_alpha, memory_ms, h.failures_to_open,
-                                   h.cooldown_s, h.max_cooldown_s, retry_after_ms]  # fmt: skip
+                                   h.cooldown_s, h.max_cooldown_s, retry_after_ms, int(lease.probe)]  # fmt: skip
         return bool(await self._connection().finish(keys=keys, args=args))
 
     async def snapshot(self, names: Sequence[str]) -> dict[str, Health]:
         """Status, live leases, EWMA and oldest call's age per deployment, in one round trip."""
         if not names:
             return {}
-        keys = [self._key(kind, n) for n in names for kind in ("leases", "starts", "ewma", "open", "failures")]
+        keys = [self._key(kind, n) for n in names for kind in ("leases", "starts", "latency", "open", "failures")]
         raw = await self._connection().snapshot(keys=keys, args=[self.health.failures_to_open])
         values = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         out: dict[str, Health] = {}

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from core.errors import ConfigurationError
-from routing.balancer import Policy
+from routing.balancer import HealthSettings, Policy
 from routing.router import TIERS, TenantPolicy
 from routing.rules import RuleSettings
 
@@ -54,6 +54,7 @@ class Fleet(BaseModel):
     backoff_base_s: float = Field(default=0.2, gt=0)
     backoff_max_s: float = Field(default=5.0, gt=0)
     cache_ttl_s: int = Field(default=3600, ge=0, description="Exact-match response cache lifetime; 0 disables.")
+    health: HealthSettings = Field(default_factory=HealthSettings)
     rules: RuleSettings = Field(default_factory=RuleSettings)
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
 

@@ -44,6 +44,6 @@ def open_models(
     classifier = Classifier.load() if ARTEFACT.exists() else None
     router = Router(fleet.rules, classifier, embedder.embed, fleet.tiers)
     prefix = settings.redis.key_prefix
-    balancer = Balancer(FleetState(resolve_endpoints(settings).redis_url, prefix), fleet.policy)
+    balancer = Balancer(FleetState(resolve_endpoints(settings).redis_url, prefix, fleet.health), fleet.policy)
     cache = ResponseCache(client, prefix, fleet.cache_ttl_s)
     return ModelClient(fleet, router, balancer, Ledger(client, prefix), cache, langfuse)

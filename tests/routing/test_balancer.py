@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from routing.balancer import Balancer, FleetState, HealthSettings, Lease, Policy
 
@@ -249,7 +250,7 @@ def test_retry_after_opens_for_that_long_and_no_healthy_node_means_none(valkey: 
 
 
 def test_latency_aware_wins_a_recovered_deployment_back(valkey: str, key_prefix: str) -> None:
-    state = _state(valkey, key_prefix, latency_memory_s=0.5)
+    state = _state(valkey, key_prefix, latency_memory_s=0.5, outlier_probe_s=0.4)
     balancer = Balancer(state, "latency_aware", random.Random(3))
 
     async def scenario() -> None:
@@ -265,6 +266,93 @@ def test_latency_aware_wins_a_recovered_deployment_back(valkey: str, key_prefix:
         assert picks["b"] > 30, picks  # unmeasured again: it is tried, and can prove it recovered
 
     run(scenario, state)
+
+
+async def _ten_times_slower_b(state: FleetState, samples: int = 5) -> None:
+    for name, seconds in (("a", 0.1), ("b", 1.0), ("c", 0.1)):
+        await _measure(state, name, seconds, times=samples)
+
+
+@pytest.mark.parametrize("policy", ["least_connections", "round_robin"])
+def test_a_latency_outlier_is_skipped_by_load_blind_policies(valkey: str, key_prefix: str, policy: Policy) -> None:
+    state = _state(valkey, key_prefix, outlier_min_samples=5)
+    balancer = Balancer(state, policy, random.Random(11))
+
+    async def scenario() -> None:
+        await _ten_times_slower_b(state, samples=4)
+        # Four samples are too few to judge: b keeps its share.
+        assert (await _picks(balancer, 90))["b"] >= 20
+        await _measure(state, "b", 1.0)
+        picks = await _picks(balancer, 300)
+        assert picks["b"] == 0 and picks["a"] >= 120 and picks["c"] >= 120, picks  # b's share spread evenly
+
+    run(scenario, state)
+
+
+def test_a_stalled_call_makes_its_deployment_an_outlier_before_it_returns(valkey: str, key_prefix: str) -> None:
+    state = _state(valkey, key_prefix)
+    pinned, balancer = Balancer(state, "round_robin"), Balancer(state, "least_connections", random.Random(2))
+
+    async def scenario() -> None:
+        for name in "abc":
+            await _measure(state, name, 0.05, times=5)
+        stuck = await _on(pinned, "b")
+        await asyncio.sleep(0.2)  # b's stuck call is now older than 3x the others' 0.05 s
+        busy = [await _on(pinned, name) for name in ("a", "a", "c", "c")]  # fresh calls
+        loads = {n: h.in_flight for n, h in (await state.snapshot(["a", "b", "c"])).items()}
+        assert loads == {"a": 2, "b": 1, "c": 2}  # by load alone, least connections would choose b
+        picks = await _picks(balancer, 30)
+        assert picks["b"] == 0, picks
+        for lease in [stuck, *busy]:
+            await state.release(lease)
+
+    run(scenario, state)
+
+
+def test_the_last_deployment_standing_is_never_skipped(valkey: str, key_prefix: str) -> None:
+    state = _state(valkey, key_prefix)
+    balancer = Balancer(state, "least_connections")
+
+    async def scenario() -> None:
+        await _ten_times_slower_b(state)
+        assert (await _picks(balancer, 10, [Node("b")]))["b"] == 10
+        lease = await balancer.pick("small", NODES, exclude={"a", "c"})  # as a retry after a and c failed
+        assert lease is not None and lease.name == "b"
+        await state.release(lease)
+        for name in "ac":  # the fast ones' circuits open: the slow one is all that is left
+            assert await state.failed(await _on(Balancer(state, "round_robin"), name), retry_after_s=30)
+        assert (await _picks(balancer, 10))["b"] == 10
+
+    run(scenario, state)
+
+
+def test_a_skipped_deployment_is_probed_and_returns_when_fast_again(valkey: str, key_prefix: str) -> None:
+    state = _state(valkey, key_prefix, outlier_probe_s=0.4, latency_memory_s=5)
+    balancer = Balancer(state, "least_connections", random.Random(4))
+
+    async def scenario() -> None:
+        await _ten_times_slower_b(state)
+        assert "b" not in await _picks(balancer, 60)
+        await asyncio.sleep(0.45)
+        probe = await balancer.pick("small", NODES)  # b's last sample is now old enough
+        assert probe is not None and probe.name == "b" and probe.probe
+        assert "b" not in await _picks(balancer, 60)  # one probe at a time
+        await state.succeeded(probe, 1.0)  # still slow
+        assert "b" not in await _picks(balancer, 60)  # and the next probe waits outlier_probe_s again
+        await asyncio.sleep(0.45)
+        probe = await balancer.pick("small", NODES)
+        assert probe is not None and probe.name == "b" and probe.probe
+        await state.succeeded(probe, 0.1)  # recovered: the probe's answer replaces the slow EWMA
+        assert (await state.snapshot(["b"]))["b"].ewma_s == pytest.approx(0.1)
+        picks = await _picks(balancer, 300)
+        assert picks["b"] > 70, picks
+
+    run(scenario, state)
+
+
+def test_probes_must_come_before_the_latency_estimate_expires() -> None:
+    with pytest.raises(ValidationError, match="outlier_probe_s"):
+        HealthSettings(outlier_probe_s=30, latency_memory_s=30)
 
 
 def test_a_call_costs_two_round_trips(valkey: str, key_prefix: str) -> None:
