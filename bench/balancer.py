@@ -5,8 +5,9 @@ after `--delay-ms` (default 250 ms) each; they run in a child process of their o
 share the client's CPU and GIL. One ModelClient (router -> balancer -> streaming call) serves them, all three in
 tier "small", hint="small", bypass_cache=True, retries 1, with FleetState in a private Valkey started here (the
 launcher's redis_spec) and stopped on exit. Health settings are the fleet's defaults, so every policy skips a
-latency outlier (peak-EWMA above 3x the best of the others, probed once per 10 s). `--clients` tasks (default 8) call it in a closed loop for
-`--seconds` per phase (default 90; --quick 20), each loop bounded by the deadline and a call count.
+latency outlier (peak-EWMA above 3x the best of the others, probed once per 10 s). `--clients` tasks (default 8)
+call it in a closed loop for `--seconds` per phase (default 90; --quick 20), each loop bounded by the deadline and
+a call count.
 
 For each policy (round_robin, least_connections, latency_aware), each with a fresh FleetState prefix:
   * healthy  - all three backends at the base delay for the whole phase (the baseline, same run, same policy);
@@ -48,7 +49,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import redis
 from rich.console import Console
 
 from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
@@ -57,6 +57,7 @@ from routing.balancer import Balancer, FleetState, Policy
 from routing.client import ModelClient
 from routing.fleet import Deployment, Fleet
 from routing.ledger import Ledger, ResponseCache
+from routing.redis_loop import LoopRedis
 from routing.router import Router
 
 POLICIES: tuple[Policy, ...] = ("round_robin", "least_connections", "latency_aware")
@@ -177,7 +178,7 @@ def private_valkey(console: Console = ERR) -> Iterator[str]:
 # --- the client under test --------------------------------------------------------------------------------------
 
 
-def build_client(redis_url: str, r: redis.Redis, urls: Sequence[str], policy: Policy, seed: int) -> ModelClient:
+def build_client(redis_url: str, urls: Sequence[str], policy: Policy, seed: int) -> ModelClient:
     """A ModelClient as tests/routing/test_client.py assembles one, over the simulators, fresh prefix."""
     deployments = [
         Deployment(name=f"sim-{i}", tier="small", model=f"sim-{i}", base_url=url, timeout_s=10.0,
@@ -186,16 +187,17 @@ def build_client(redis_url: str, r: redis.Redis, urls: Sequence[str], policy: Po
     ]  # fmt: skip
     fleet = Fleet(deployments=deployments, policy=policy, retries=1, backoff_base_s=0.01, fallback_to_next_tier=False)
     prefix = f"bench-bal-{policy}-{uuid.uuid4().hex[:8]}"
-    state = FleetState(redis_url, prefix, fleet.health)
+    redis_loop = LoopRedis(redis_url)
+    state = FleetState(redis_loop, prefix, fleet.health)
     router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
-    return ModelClient(fleet, router, Balancer(state, policy, random.Random(seed)), Ledger(r, prefix),
-                       ResponseCache(r, prefix, fleet.cache_ttl_s))  # fmt: skip
+    return ModelClient(fleet, router, Balancer(state, policy, random.Random(seed)), Ledger(redis_loop, prefix),
+                       ResponseCache(redis_loop, prefix, fleet.cache_ttl_s))  # fmt: skip
 
 
 async def close_client(client: ModelClient) -> None:
     for http in list(client._http.values()):  # ModelClient has no aclose() of its own
         await http.aclose()
-    await client.balancer.state.aclose()
+    await client.balancer.state.aclose()  # the Redis pool the ledger and cache share
 
 
 # --- one phase --------------------------------------------------------------------------------------------------
@@ -299,25 +301,21 @@ async def run_all(
     warmup_s: float,
 ) -> list[Phase]:
     phases = [Phase(p, degraded, seconds) for p in policies for degraded in (False, True)]
-    r = redis.Redis.from_url(redis_url)  # the ledger and response cache are still synchronous
-    try:
-        warm = build_client(redis_url, r, host.urls, "round_robin", 0)
-        try:  # imports, connection pools, cold caches: not measured
-            await run_phase(warm, host, Phase("round_robin", False, warmup_s), clients)
-        finally:
-            await close_client(warm)
-        with progress() as bar:
-            task = bar.add_task("phases", total=len(phases), detail="")
-            for i, phase in enumerate(phases):
-                bar.update(task, detail=f"{phase.name} ({seconds:.0f} s)")
-                client = build_client(redis_url, r, host.urls, phase.policy, i + 1)
-                try:
-                    await run_phase(client, host, phase, clients)
-                finally:
-                    await close_client(client)
-                bar.advance(task)
+    warm = build_client(redis_url, host.urls, "round_robin", 0)
+    try:  # imports, connection pools, cold caches: not measured
+        await run_phase(warm, host, Phase("round_robin", False, warmup_s), clients)
     finally:
-        r.close()
+        await close_client(warm)
+    with progress() as bar:
+        task = bar.add_task("phases", total=len(phases), detail="")
+        for i, phase in enumerate(phases):
+            bar.update(task, detail=f"{phase.name} ({seconds:.0f} s)")
+            client = build_client(redis_url, host.urls, phase.policy, i + 1)
+            try:
+                await run_phase(client, host, phase, clients)
+            finally:
+                await close_client(client)
+            bar.advance(task)
     return phases
 
 

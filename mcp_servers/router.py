@@ -124,5 +124,5 @@ def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
     async def get_usage() -> Usage:
         with client_errors():
             models, tenant = _models(deps), caller_tenant(deps)
-            tiers = models.ledger.usage(tenant)
+            tiers = await models.ledger.usage(tenant)
             return Usage(tiers=tiers, total_cost_usd=round(sum(t.get("cost_usd", 0.0) for t in tiers.values()), 8))

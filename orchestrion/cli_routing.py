@@ -52,15 +52,23 @@ def route(text: str, hint: Annotated[str | None, typer.Option(help="Caller's tie
 @_clear_errors
 def usage(tenant: Annotated[str | None, typer.Option(help="Tenant (default: the local default).")] = None) -> None:
     """A tenant's model calls, tokens and cost per tier (from the shared ledger in Redis)."""
-    import redis
+    import asyncio
 
     from core.stack import resolve_endpoints
     from routing.ledger import Ledger
+    from routing.redis_loop import LoopRedis
 
     settings = _settings()
-    client = redis.Redis.from_url(resolve_endpoints(settings).redis_url)
+    redis_loop = LoopRedis(resolve_endpoints(settings).redis_url)
     name = tenant or settings.tenants.default
-    tiers = Ledger(client, settings.redis.key_prefix).usage(name)
+
+    async def read() -> dict[str, dict[str, float]]:
+        try:
+            return await Ledger(redis_loop, settings.redis.key_prefix).usage(name)
+        finally:
+            await redis_loop.aclose()
+
+    tiers = asyncio.run(read())
     total = sum(t.get("cost_usd", 0.0) for t in tiers.values())
     print(json.dumps({"tenant": name, "tiers": tiers, "total_cost_usd": total}, indent=2))
 
@@ -73,11 +81,12 @@ def models() -> None:
 
     from core.stack import resolve_endpoints
     from routing.balancer import FleetState, Health
+    from routing.redis_loop import LoopRedis
     from routing.services import configured_fleet
 
     settings = _settings()
     fleet = configured_fleet(settings)
-    state = FleetState(resolve_endpoints(settings).redis_url, settings.redis.key_prefix, fleet.health)
+    state = FleetState(LoopRedis(resolve_endpoints(settings).redis_url), settings.redis.key_prefix, fleet.health)
 
     async def snapshot() -> dict[str, Health]:
         try:

@@ -37,23 +37,20 @@ the circuit). Time is Redis's clock, so every process agrees on lease ages.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from redis.commands.core import AsyncScript
+
+from routing.redis_loop import LoopRedis
 
 Policy = Literal["round_robin", "least_connections", "latency_aware"]
 # "in_order": the candidates as given, for a retry on the deployment already chosen.
 _Order = Policy | Literal["in_order"]
 
-_POOL_SIZE = 32
-_POOL_WAIT_S = 10.0
 # "latency" is a hash (ewma, n samples, at = last sample's time in ms); its name differs from the
 # string key of earlier versions so that a rolling upgrade never reads one as the other.
 _CANDIDATE_KEYS = ("leases", "starts", "latency", "open", "failures", "probe")
@@ -334,42 +331,17 @@ class Health:
     oldest_in_flight_s: float | None
 
 
-@dataclass
-class _Connection:
-    client: aioredis.Redis
-    pick: AsyncScript
-    finish: AsyncScript
-    snapshot: AsyncScript
-
-
 class FleetState:
     """Leases, latency, failures and circuits, in Redis under `prefix`, shared by every process."""
 
-    def __init__(self, url: str, prefix: str, health: HealthSettings | None = None) -> None:
-        self.url = url
+    def __init__(self, redis: LoopRedis, prefix: str, health: HealthSettings | None = None) -> None:
+        self.redis = redis
         self.prefix = f"{prefix}:fleet"
         self.health = health or HealthSettings()
-        # An asyncio Redis connection belongs to the loop it was made in (a Celery task runs
-        # its calls in a loop of its own), so there is one per loop, made on first use.
-        self._connections: dict[asyncio.AbstractEventLoop, _Connection] = {}
-
-    def _connection(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        if loop not in self._connections:
-            for dead in [other for other in self._connections if other.is_closed()]:
-                del self._connections[dead]
-            # Callers queue for a connection instead of failing when a burst of calls finishes at once.
-            pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=_POOL_SIZE, timeout=_POOL_WAIT_S)
-            client = aioredis.Redis.from_pool(pool)
-            scripts = (client.register_script(s) for s in (_PICK, _FINISH, _SNAPSHOT))
-            self._connections[loop] = _Connection(client, *scripts)
-        return self._connections[loop]
 
     async def aclose(self) -> None:
-        """Close the current loop's connection (those of closed loops are dropped when the next loop connects)."""
-        connection = self._connections.pop(asyncio.get_running_loop(), None)
-        if connection is not None:
-            await connection.client.aclose()
+        """Close the current loop's Redis pool (shared with the ledger and cache)."""
+        await self.redis.aclose()
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{name}"
@@ -386,7 +358,7 @@ class FleetState:
                                    int(h.outlier_probe_s * 1000)]  # fmt: skip
         for c in pool:
             args += [c.name, c.weight, int((c.timeout_s + h.lease_margin_s) * 1000), rng.random()]
-        picked = await self._connection().pick(keys=keys, args=args)
+        picked = await self.redis.script(_PICK)(keys=keys, args=args)
         if picked is None:
             return None
         name, probe = picked
@@ -412,14 +384,14 @@ class FleetState:
         memory_ms = int(h.latency_memory_s * 1000)
         args: list[str | float] = [lease.id, outcome, latency_s, h.ewma_alpha, memory_ms, h.failures_to_open,
                                    h.cooldown_s, h.max_cooldown_s, retry_after_ms, int(lease.probe)]  # fmt: skip
-        return bool(await self._connection().finish(keys=keys, args=args))
+        return bool(await self.redis.script(_FINISH)(keys=keys, args=args))
 
     async def snapshot(self, names: Sequence[str]) -> dict[str, Health]:
         """Status, live leases, EWMA and oldest call's age per deployment, in one round trip."""
         if not names:
             return {}
         keys = [self._key(kind, n) for n in names for kind in ("leases", "starts", "latency", "open", "failures")]
-        raw = await self._connection().snapshot(keys=keys, args=[self.health.failures_to_open])
+        raw = await self.redis.script(_SNAPSHOT)(keys=keys, args=[self.health.failures_to_open])
         values = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
         out: dict[str, Health] = {}
         for i, name in enumerate(names):

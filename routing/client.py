@@ -198,14 +198,14 @@ class ModelClient:
         chat = to_messages(messages)
         policy = self.fleet.policy_for(tenant)
         decision = self.router.decide(str(chat[-1].content), hint=hint, needs_tools=needs_tools, policy=policy)
-        decision = self._within_budget(tenant, decision)
+        decision = await self._within_budget(tenant, decision)
         from observability.instruments import model_metrics
 
         metrics = model_metrics()
         metrics.decisions.labels(decision.tier, decision.stage).inc()
         params = {"max_tokens": max_tokens, "temperature": temperature}
         key = self.cache.key(tenant, [d.model for d in self.fleet.in_tier(decision.tier)], messages, params)
-        hit = None if bypass_cache else self.cache.get(key)
+        hit = None if bypass_cache else await self.cache.get(key)
         metrics.cache.labels("bypass" if bypass_cache else "hit" if hit else "miss").inc()
         if hit is not None:
             completion = Completion(**{**hit, "decision": decision, "cached": True, "cost_usd": 0.0})
@@ -214,18 +214,18 @@ class ModelClient:
             return completion
         completion = await self._call(decision, _Ask(chat, max_tokens, temperature, on_token))
         cost_tier = next(d for d in self.fleet.deployments if d.name == completion.deployment).tier
-        self.ledger.record(tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd)
+        await self.ledger.record(tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd)
         stored = completion.public()
         stored.pop("decision")
         stored.pop("cached")
-        self.cache.put(key, stored)
+        await self.cache.put(key, stored)
         return completion
 
-    def _within_budget(self, tenant: str, decision: Decision) -> Decision:
+    async def _within_budget(self, tenant: str, decision: Decision) -> Decision:
         policy = self.fleet.policy_for(tenant)
         if policy.budget_usd is None:
             return decision
-        spent = self.ledger.spent(tenant)
+        spent = await self.ledger.spent(tenant)
         if spent < policy.budget_usd:
             return decision
         if policy.over_budget == "downgrade":

@@ -14,6 +14,7 @@ from routing.classifier import ARTEFACT, Classifier
 from routing.client import ModelClient
 from routing.fleet import Deployment, Fleet, embedded_fleet, load_fleet
 from routing.ledger import Ledger, ResponseCache
+from routing.redis_loop import LoopRedis
 from routing.router import Router
 
 LOCAL_MODEL_NAME = "gemma-3-270m-q4_k_m"
@@ -40,10 +41,11 @@ def configured_fleet(settings: Settings) -> Fleet:
 def open_models(
     settings: Settings, client: redis.Redis, embedder: Embedder, langfuse: Langfuse | None = None
 ) -> ModelClient:
+    """`client` is no longer used (the ledger and cache went to redis.asyncio); its caller still passes it."""
     fleet = configured_fleet(settings)
     classifier = Classifier.load() if ARTEFACT.exists() else None
     router = Router(fleet.rules, classifier, embedder.embed, fleet.tiers)
-    prefix = settings.redis.key_prefix
-    balancer = Balancer(FleetState(resolve_endpoints(settings).redis_url, prefix, fleet.health), fleet.policy)
-    cache = ResponseCache(client, prefix, fleet.cache_ttl_s)
-    return ModelClient(fleet, router, balancer, Ledger(client, prefix), cache, langfuse)
+    prefix, redis_loop = settings.redis.key_prefix, LoopRedis(resolve_endpoints(settings).redis_url)
+    balancer = Balancer(FleetState(redis_loop, prefix, fleet.health), fleet.policy)
+    cache = ResponseCache(redis_loop, prefix, fleet.cache_ttl_s)
+    return ModelClient(fleet, router, balancer, Ledger(redis_loop, prefix), cache, langfuse)

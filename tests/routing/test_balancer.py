@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from routing.balancer import Balancer, FleetState, HealthSettings, Lease, Policy
+from routing.redis_loop import LoopRedis
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ NODES = [Node("a"), Node("b"), Node("c")]
 
 
 def _state(valkey: str, prefix: str, **health: float) -> FleetState:
-    return FleetState(valkey, prefix, HealthSettings(**health))  # type: ignore[arg-type]
+    return FleetState(LoopRedis(valkey), prefix, HealthSettings(**health))  # type: ignore[arg-type]
 
 
 def run(scenario: Callable[[], Awaitable[None]], *states: FleetState) -> None:
@@ -357,7 +358,7 @@ def test_probes_must_come_before_the_latency_estimate_expires() -> None:
 
 def test_a_call_costs_two_round_trips(valkey: str, key_prefix: str) -> None:
     name = f"fleet-{key_prefix}"
-    state = FleetState(f"{valkey}?client_name={name}", key_prefix)
+    state = FleetState(LoopRedis(f"{valkey}?client_name={name}"), key_prefix)
     balancer = Balancer(state, "latency_aware", random.Random(1))
     marker = f"done-{key_prefix}"
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-import redis
 
 from core.settings import Settings
 from orchestrion.launcher import services
@@ -21,6 +20,7 @@ from routing.balancer import Balancer, FleetState, Health, HealthSettings
 from routing.client import BudgetExceededError, ModelClient, ModelUnavailableError
 from routing.fleet import Deployment, Fleet, embedded_fleet
 from routing.ledger import Ledger, ResponseCache
+from routing.redis_loop import LoopRedis
 from routing.router import Router, TenantPolicy
 from tests.conftest import CONSOLE
 from tests.provider_simulator import ProviderSimulator
@@ -29,12 +29,12 @@ ASK = [{"role": "user", "content": "Name a primary colour."}]
 
 
 def _client(valkey: str, fleet: Fleet, policy: str = "least_connections", **health: float) -> ModelClient:
-    client = redis.Redis.from_url(valkey)
+    redis_loop = LoopRedis(valkey)
     prefix = f"t-{uuid.uuid4().hex[:8]}"
-    state = FleetState(valkey, prefix, HealthSettings(**health))  # type: ignore[arg-type]
+    state = FleetState(redis_loop, prefix, HealthSettings(**health))  # type: ignore[arg-type]
     router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
-    return ModelClient(fleet, router, Balancer(state, policy), Ledger(client, prefix),  # type: ignore[arg-type]
-                       ResponseCache(client, prefix, fleet.cache_ttl_s))  # fmt: skip
+    return ModelClient(fleet, router, Balancer(state, policy), Ledger(redis_loop, prefix),  # type: ignore[arg-type]
+                       ResponseCache(redis_loop, prefix, fleet.cache_ttl_s))  # fmt: skip
 
 
 def _complete(client: ModelClient, tenant: str = "acme", **kwargs: object) -> object:
@@ -66,7 +66,7 @@ def test_real_local_model_streams_with_ttft_usage_and_cost(valkey: str, local_ll
     assert 0 < done.tokens_out <= 12  # the limit holds although the server ignores max_completion_tokens
     assert done.usage_estimated  # llama.cpp streams no usage: counted here, and flagged as such
     assert done.cost_usd > 0 and done.deployment == "local-small-1"
-    usage = client.ledger.usage("acme")
+    usage = anyio.run(client.ledger.usage, "acme")
     assert usage["small"]["calls"] == 1 and usage["small"]["tokens_out"] == done.tokens_out
 
 
@@ -80,7 +80,7 @@ def test_identical_request_is_served_from_cache_unless_bypassed(valkey: str, loc
     assert not first.cached and second.cached and second.text == first.text  # type: ignore[attr-defined]
     assert second.cost_usd == 0  # type: ignore[attr-defined]
     assert not fresh.cached and not other_tenant.cached  # type: ignore[attr-defined]
-    assert client.ledger.usage("acme")["small"]["calls"] == 2  # the cached answer cost nothing
+    assert anyio.run(client.ledger.usage, "acme")["small"]["calls"] == 2  # the cached answer cost nothing
 
 
 @pytest.fixture
