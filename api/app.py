@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.documents import router as documents_router
 from api.errors import install_error_handlers
+from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.stack import resolve_endpoints
 from mcp_servers.context import ServerDeps
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
         await anyio.to_thread.run_sync(app.state.rag.embedder.embed, ["warm-up"])
         deps.rag = app.state.rag
         attach_models(deps, settings, app.state.rag, tracing.langfuse)
+        freeze_startup_heap()
         try:
             async with anyio.create_task_group() as background, mcp.session_manager.run():
                 background.start_soon(_offload_idle_tenants, app.state.rag)

@@ -44,6 +44,7 @@ from weaviate.classes.tenants import Tenant, TenantActivityStatus
 from bench._corpus import Doc, paragraphs, small_markdown_docs, stdlib_docs
 from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
 from bench._stack import BenchStack, Deployment, add_env_option, bench_stack, env_from
+from core.heap import freeze_startup_heap
 from core.stack import resolve_endpoints
 from rag.chunking import Chunker, HFTokenCounter, bundled_model_dir
 from rag.documents import ChunkText
@@ -543,6 +544,9 @@ def main() -> None:
             runner.warm_up(names[0], maker)
             cold = runner.cold_query_ms(rng.sample(names[1:], min(20, len(names) - 1)), maker)
             setup.append(("raw-vec query to an INACTIVE tenant (auto-activation), p50 / max ms", cold))
+            # As the servers do (core/heap.py): a full GC pass over this process's start-up heap
+            # would stall the raw paths and the MCP client alike, for ~0.4 s.
+            freeze_startup_heap()
             results = [r for level in args.levels for r in runner.run(level, names, maker)]
         finally:
             runner.close()

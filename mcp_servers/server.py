@@ -12,6 +12,7 @@ from langfuse import Langfuse
 from mcp.server.mcpserver import MCPServer
 
 from core.errors import ConfigurationError, OrchestrionError
+from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.tenancy import tenant_registry
 from mcp_servers.auth import RegistryTokenVerifier, auth_settings
@@ -48,6 +49,7 @@ def build_server(
         rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings, settings.rag.query_embed_threads)
         deps.rag = rag
         attach_models(deps, settings, rag)
+        freeze_startup_heap()
         try:
             yield
         finally:

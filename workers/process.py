@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from core.heap import freeze_startup_heap
 from core.settings import get_settings
 from rag.services import RagServices
 from workers.client import open_rag_with_queue
@@ -29,5 +30,6 @@ def warm_up(**_: object) -> None:
     task tries again and reports its own error."""
     try:
         rag_services().embedder.embed(["warm-up"])
+        freeze_startup_heap()
     except Exception:
         log.warning("worker warm-up failed; the first task will retry", exc_info=True)
