@@ -80,7 +80,7 @@ def attach_models(deps: ServerDeps, settings: Settings, rag: RagServices, langfu
     from routing.services import open_models
 
     try:
-        deps.models = open_models(settings, rag.redis, rag.embedder, langfuse)
+        deps.models = open_models(settings, rag.embedder, langfuse)
     except OrchestrionError as exc:
         deps.models_error = str(exc)
         log.warning("model router unavailable: %s", exc)

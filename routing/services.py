@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import redis
 from langfuse import Langfuse
 
 from core.errors import ConfigurationError
@@ -38,10 +37,7 @@ def configured_fleet(settings: Settings) -> Fleet:
     return embedded_fleet(urls.split(","), LOCAL_MODEL_NAME)
 
 
-def open_models(
-    settings: Settings, client: redis.Redis, embedder: Embedder, langfuse: Langfuse | None = None
-) -> ModelClient:
-    """`client` is no longer used (the ledger and cache went to redis.asyncio); its caller still passes it."""
+def open_models(settings: Settings, embedder: Embedder, langfuse: Langfuse | None = None) -> ModelClient:
     fleet = configured_fleet(settings)
     classifier = Classifier.load() if ARTEFACT.exists() else None
     router = Router(fleet.rules, classifier, embedder.embed, fleet.tiers)
