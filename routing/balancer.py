@@ -31,7 +31,8 @@ its first fast answer.
 
 Round trips: a call costs two on the happy path, each one Lua script run atomically in
 Redis: `pick` (prune expired leases, read load, latency and circuits, choose per policy,
-admit, take the lease) and `succeeded`/`failed` (return the lease, update the latency or
+admit, take the lease; a deployment with `max_concurrency` live leases is not admitted) and
+`succeeded`/`failed` (return the lease, update the latency or
 the circuit). Time is Redis's clock, so every process agrees on lease ages.
 """
 
@@ -81,7 +82,7 @@ end
 # KEYS[1]: the group's round-robin counter; then per candidate, in _CANDIDATE_KEYS order:
 # leases, starts, latency, open, failures, probe.
 # ARGV: order, failures_to_open, probe_ms, lease id, r1, r2, outlier_factor, outlier_min_samples,
-#       outlier_probe_ms; then per candidate: name, weight, lease_ms, tie.
+#       outlier_probe_ms; then per candidate: name, weight, lease_ms, tie, max_concurrency.
 # The random numbers (r1, r2 for the two choices, tie per candidate) come from the caller's Random, so a
 # seeded one makes picks reproducible.
 # Returns {name, probe (0/1)} for the admitted candidate, whose lease is taken, or nil.
@@ -93,13 +94,14 @@ local order_by, failures_to_open, probe_ms = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local lease, r1, r2 = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local outlier_factor, outlier_min_samples, outlier_probe_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local cands = {}
-for i = 1, (#ARGV - 9) / 4 do
-  local k, a = 1 + (i - 1) * 6, 9 + (i - 1) * 4
+for i = 1, (#ARGV - 9) / 5 do
+  local k, a = 1 + (i - 1) * 6, 9 + (i - 1) * 5
   local c = {name = ARGV[a + 1], weight = math.max(tonumber(ARGV[a + 2]), 1e-9), lease_ms = tonumber(ARGV[a + 3]),
              tie = tonumber(ARGV[a + 4]), leases = KEYS[k + 1], starts = KEYS[k + 2], latency = KEYS[k + 3],
              open = KEYS[k + 4], failures = KEYS[k + 5], probe = KEYS[k + 6]}
   prune(c.leases, c.starts, now)
   c.load = redis.call('ZCARD', c.leases)
+  c.full = c.load >= tonumber(ARGV[a + 5])  -- at max_concurrency: no new lease until one returns
   local measured = redis.call('HMGET', c.latency, 'ewma', 'n', 'at')
   c.ewma, c.samples, c.measured_at = tonumber(measured[1]), tonumber(measured[2] or '0'), tonumber(measured[3] or '0')
   c.oldest = oldest_start(c.starts)
@@ -196,7 +198,7 @@ elseif order_by == 'latency_aware' and #cands > 1 then
 end
 
 for _, c in ipairs(order) do
-  if not skipped[c] then
+  if not skipped[c] and not c.full then
     if c.closed then return admit(c, 0) end
     if not c.is_open and redis.call('SET', c.probe, '1', 'NX', 'PX', probe_ms) then
       return admit(c, 1)  -- half-open: this call is the one probe
@@ -282,6 +284,9 @@ class Candidate(Protocol):
     @property
     def timeout_s(self) -> float: ...
 
+    @property
+    def max_concurrency(self) -> int: ...
+
 
 class HealthSettings(BaseModel):
     """Circuit, latency and outlier settings (the fleet file's `health`)."""
@@ -357,7 +362,7 @@ class FleetState:
                                    rng.random(), h.outlier_factor, h.outlier_min_samples,
                                    int(h.outlier_probe_s * 1000)]  # fmt: skip
         for c in pool:
-            args += [c.name, c.weight, int((c.timeout_s + h.lease_margin_s) * 1000), rng.random()]
+            args += [c.name, c.weight, int((c.timeout_s + h.lease_margin_s) * 1000), rng.random(), c.max_concurrency]
         picked = await self.redis.script(_PICK)(keys=keys, args=args)
         if picked is None:
             return None

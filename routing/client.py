@@ -263,7 +263,8 @@ class ModelClient:
             raise ModelUnavailableError(f"no deployment serves tier {decision.tier!r}" + (
                 " or a higher one" if len(order) > 1 else ""))  # fmt: skip
         raise ModelUnavailableError(
-            "no model deployment could answer" + (f": {'; '.join(attempts)}" if attempts else " (all cooling down)")
+            "no model deployment could answer"
+            + (f": {'; '.join(attempts)}" if attempts else ": every one is cooling down or at its max_concurrency")
         )
 
     async def _attempt(

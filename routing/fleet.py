@@ -33,7 +33,12 @@ class Deployment(BaseModel):
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     price_in_per_m: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
     price_out_per_m: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
-    max_concurrency: int = Field(default=8, ge=1)
+    max_concurrency: int = Field(
+        default=32,
+        ge=1,
+        description="Calls in flight at once across every process (live leases); a full deployment is passed "
+        "over, and when all of a tier's are full the call falls back or is refused with that reason.",
+    )
     weight: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=60.0, gt=0)
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = Field(

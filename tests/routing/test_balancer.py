@@ -22,6 +22,7 @@ class Node:
     name: str
     weight: float = 1.0
     timeout_s: float = 60.0
+    max_concurrency: int = 1000
 
 
 NODES = [Node("a"), Node("b"), Node("c")]
@@ -386,3 +387,26 @@ def test_a_call_costs_two_round_trips(valkey: str, key_prefix: str) -> None:
             await observer.aclose()
 
     run(scenario, state)
+
+
+def test_a_deployment_at_max_concurrency_is_passed_over_until_a_lease_returns(valkey: str, key_prefix: str) -> None:
+    other_process, this_process = _state(valkey, key_prefix), _state(valkey, key_prefix)
+
+    async def scenario() -> None:
+        small, big = Node("a", max_concurrency=2), Node("b", max_concurrency=1)
+        held = [await Balancer(other_process, "least_connections").pick("small", [small]) for _ in range(2)]
+        assert all(lease is not None and lease.name == "a" for lease in held)
+
+        balancer = Balancer(this_process, "least_connections")
+        assert await balancer.pick("small", [small]) is None  # full, and counted across processes
+        on_b = await balancer.pick("small", [small, big])
+        assert on_b is not None and on_b.name == "b"  # a is full
+        assert await balancer.pick("small", [small, big]) is None  # both full: the caller falls back or refuses
+
+        lease = held.pop()
+        assert lease is not None
+        await other_process.release(lease)
+        freed = await balancer.pick("small", [small, big])
+        assert freed is not None and freed.name == "a"
+
+    run(scenario, other_process, this_process)
