@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,10 +33,17 @@ class StackAlreadyRunningError(ServiceStartError):
 
 
 class _Shutdown(BaseException):
-    """Raised from the SIGTERM handler so every wait unwinds into the clean stop."""
+    """Raised from the SIGTERM/SIGINT handler so every wait unwinds into the clean stop."""
+
+
+# Set by the handler as well as raised: a Ctrl-C that lands while a client library is
+# busy can have its exception swallowed there (seen during the first-run demo on a
+# restart: the launcher went on to wait forever), and the watch loop must still stop.
+_stop_requested = threading.Event()
 
 
 def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    _stop_requested.set()
     raise _Shutdown(signal.Signals(signum).name)
 
 
@@ -92,7 +100,9 @@ class Stack:
     def run(self, *, exit_when_ready: bool = False, samples: bool = True) -> None:
         """Bring everything up, then wait for Ctrl-C or SIGTERM (or return at once with `exit_when_ready`)."""
         data_dir = self.settings.data_dir
+        _stop_requested.clear()
         previous = signal.signal(signal.SIGTERM, _raise_shutdown)
+        signal.signal(signal.SIGINT, _raise_shutdown)
         try:
             with _exclusive(data_dir):
                 try:
@@ -103,6 +113,8 @@ class Stack:
                     from orchestrion.demo import first_run
 
                     self.token = first_run(self.settings, self.urls["api_url"], self.console, samples=samples)
+                    if _stop_requested.is_set():
+                        raise _Shutdown("stop requested during the first run")
                     self._print_summary()
                     if not exit_when_ready:
                         self._watch()
@@ -162,7 +174,7 @@ class Stack:
 
     def _watch(self) -> None:
         self.console.print("[dim]Ctrl-C stops everything.[/dim]")
-        while True:
+        while not _stop_requested.is_set():
             for process in self.processes:
                 code = process.exit_code()
                 if code is not None:
@@ -171,6 +183,7 @@ class Stack:
                         f"{process.log_path} ends with:\n{process.log_tail()}"
                     )
             time.sleep(0.5)
+        raise _Shutdown("stop requested")
 
     def _stop_all(self) -> None:
         for process in reversed(self.processes):
