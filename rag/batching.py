@@ -17,8 +17,10 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
-from rag.embedding import Embedder, EmbeddingSpec
+if TYPE_CHECKING:  # rag.embedding builds this class: a runtime import would be circular
+    from rag.embedding import Embedder, EmbeddingSpec
 
 
 class BatchingEmbedder:

@@ -20,6 +20,7 @@ import redis
 
 from core.errors import ConfigurationError, OrchestrionError
 from core.settings import RagSettings
+from rag.batching import BatchingEmbedder
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 
@@ -173,8 +174,6 @@ def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, th
             f"embedding model {rag.embedding_model!r} needs ORCHESTRION_RAG__EMBEDDING_BASE_URL (an OpenAI-compatible "
             f"endpoint); the only local model is {LOCAL_MODEL}"
         )
-    from rag.batching import BatchingEmbedder
-
     inner = BatchingEmbedder(inner, rag.embed_batch_size)
     if client is None or not rag.embedding_cache_ttl_s:
         return inner
