@@ -4,6 +4,8 @@ A real `orchestrion serve` runs with ORCHESTRION_RAG__INGEST_QUEUE_LIMIT=100 (de
 must push back with 429 + Retry-After. Every client honours Retry-After (plus up to 1 s of jitter) and
 retries, bounded in attempts and time. Afterwards every accepted job must be DONE (checked through
 GET /v1/jobs/{id}) and Weaviate must hold exactly the 500 distinct documents: nothing lost, nothing doubled.
+The limit is exact, so the jobs accepted and not yet started (and the broker's queue) must never have
+exceeded it in any sample.
 
 Baseline, same run: the same 500 documents submitted one after another by a single client (who also
 honours 429s). Each phase gets fresh worker + API processes under a fresh Redis key prefix (cold
@@ -60,7 +62,8 @@ class PhaseResult:
     http_done: int
     weaviate_docs: int
     weaviate_ids: set[str]
-    max_depth: int
+    max_waiting: int  # most jobs accepted and not yet started seen (the admitted set, which the limit bounds)
+    max_depth: int  # most tasks seen waiting in the broker's ingest list
     first_sent: float
     last_accepted: float
     drain_s: float
@@ -196,16 +199,17 @@ async def http_states(url: str, token: str, job_ids: Sequence[str]) -> list[str]
 
 
 @contextmanager
-def depth_sampler(deployment: Deployment, every_s: float = 0.05) -> Iterator[list[int]]:
-    """Samples the ingest queue depth in a thread while the block runs; yields the growing list of samples."""
-    samples: list[int] = []
+def depth_sampler(deployment: Deployment, rag: RagServices, every_s: float = 0.05) -> Iterator[list[tuple[int, int]]]:
+    """Samples (jobs accepted and not yet started, broker ingest queue depth) in a thread while the block runs;
+    yields the growing list of samples."""
+    samples: list[tuple[int, int]] = []
     stop = threading.Event()
-    if deployment.ingest_depth() != deployment.ingest_depth_fast():  # same key as the API reads?
+    if deployment.ingest_depth() != deployment.ingest_depth_fast():  # the same key as the metric reads?
         raise RuntimeError("the fast queue-depth probe disagrees with workers.app.queue_depth")
 
     def loop() -> None:
         while not stop.is_set():
-            samples.append(deployment.ingest_depth_fast())
+            samples.append((rag.jobs.waiting(), deployment.ingest_depth_fast()))
             stop.wait(every_s)
 
     thread = threading.Thread(target=loop, name="depth-sampler", daemon=True)
@@ -263,7 +267,7 @@ def run_phase(stack: BenchStack, docs: list[Doc], burst: bool, args: argparse.Na
         token = rag.registry.issue_token(tenant, "bench")
         outcomes = [Outcome(d) for d in docs]
         cpu_before = stack.cpu_by_role()
-        with depth_sampler(deployment) as depths, ERR.status(f"{name}: submitting…"):
+        with depth_sampler(deployment, rag) as samples, ERR.status(f"{name}: submitting…"):
             asyncio.run(submit_all(deployment.api_url, token, outcomes, burst, args))
             last_accepted = time.time()
         job_ids = [o.job_id for o in outcomes if o.job_id]
@@ -281,7 +285,8 @@ def run_phase(stack: BenchStack, docs: list[Doc], burst: bool, args: argparse.Na
             jobs,
             states.count("done"),
             *counts,
-            max(depths, default=0),
+            max((waiting for waiting, _ in samples), default=0),
+            max((depth for _, depth in samples), default=0),
             first,
             last_accepted,
             drain,
@@ -295,7 +300,7 @@ def run_phase(stack: BenchStack, docs: list[Doc], burst: bool, args: argparse.Na
 # --- report -----------------------------------------------------------------------------------------------
 
 
-def rows(result: PhaseResult, total_docs: int) -> list[tuple[str, object]]:
+def rows(result: PhaseResult, total_docs: int, limit: int) -> list[tuple[str, object]]:
     first_try = sum(1 for o in result.outcomes if o.job_id and o.attempts == 1)
     retries = [w for o in result.outcomes for w in o.retry_after]
     ra = f"{min(retries):.0f} / {statistics.median(retries):.0f} / {max(retries):.0f}" if retries else "-"
@@ -318,7 +323,9 @@ def rows(result: PhaseResult, total_docs: int) -> list[tuple[str, object]]:
         ("documents in Weaviate (Docs collection)", result.weaviate_docs),
         ("distinct doc_ids over Weaviate chunks", result.weaviate_doc_ids),
         ("lost (accepted, not DONE or not in Weaviate)", result.lost),
-        ("max ingest queue depth seen (limit)", result.max_depth),
+        (f"max jobs accepted, not yet started (limit {limit}; sampled every 50 ms)", result.max_waiting),
+        ("max tasks in the broker's ingest queue", result.max_depth),
+        ("queue bound held", "yes" if bound_held(result, limit) else "NO"),
         ("submit window: first POST -> last accepted (s)", result.last_accepted - result.first_sent),
         ("drain: first POST -> last job DONE (s)", result.drain_s),
         ("worker mean job run time (s, moving average)", result.mean_job_s),
@@ -333,9 +340,14 @@ def rows(result: PhaseResult, total_docs: int) -> list[tuple[str, object]]:
     ]
 
 
-def healthy(result: PhaseResult, total_docs: int) -> bool:
+def bound_held(result: PhaseResult, limit: int) -> bool:
+    return result.max_waiting <= limit and result.max_depth <= limit
+
+
+def healthy(result: PhaseResult, total_docs: int, limit: int) -> bool:
     return (
-        result.errors == 0
+        bound_held(result, limit)
+        and result.errors == 0
         and result.accepted == total_docs
         and result.done == total_docs
         and result.http_done == total_docs
@@ -353,21 +365,21 @@ def problems(result: PhaseResult) -> None:
 
 
 def report(burst: PhaseResult, seq: PhaseResult, total_docs: int, limit: int) -> None:
-    b, s = rows(burst, total_docs), rows(seq, total_docs)
+    b, s = rows(burst, total_docs, limit), rows(seq, total_docs, limit)
     merged = [(label, bv, sv) for (label, bv), (_, sv) in zip(b, s, strict=True)]
     OUT.print(table(f"Ingest burst vs sequential, queue limit {limit}", ["", burst.name, seq.name], merged))
     problems(burst)
     problems(seq)
     ratio = burst.drain_s / seq.drain_s if seq.drain_s > 0 else float("nan")
     cpu_ratio = sum(burst.cpu.values()) / max(1e-9, sum(seq.cpu.values()))
-    ok_b, ok_s = healthy(burst, total_docs), healthy(seq, total_docs)
+    ok_b, ok_s = healthy(burst, total_docs, limit), healthy(seq, total_docs, limit)
     word = "PASS" if ok_b and ok_s else "MISS"
     OUT.print(
         f"{word} ingest burst: ratio {ratio:.3f} (burst drain {burst.drain_s:.1f}s / sequential drain "
         f"{seq.drain_s:.1f}s; CPU burst/sequential {cpu_ratio:.2f}); target: 0 errors, {total_docs}/{total_docs} "
-        "accepted, DONE and in Weaviate, 0 lost "
+        f"accepted, DONE and in Weaviate, 0 lost, at most {limit} jobs waiting "
         f"(burst: {burst.errors} errors, {burst.accepted} accepted, {burst.done} done, {burst.weaviate_doc_ids} in "
-        f"Weaviate; sequential: {'ok' if ok_s else 'NOT ok'})"
+        f"Weaviate, at most {burst.max_waiting} waiting; sequential: {'ok' if ok_s else 'NOT ok'})"
     )
 
 

@@ -181,7 +181,10 @@ class RagSettings(BaseModel):
     chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
     max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest document accepted.")
     ingest_queue_limit: int = Field(
-        default=1000, ge=1, description="Ingest queue depth beyond which submissions are told to retry later."
+        default=1000,
+        ge=1,
+        description="Most ingest jobs accepted and not yet started, held exactly across processes; a submission "
+        "that would exceed it is told to retry later.",
     )
     job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
     tenant_idle_offload_s: float = Field(

@@ -20,7 +20,7 @@ from rag.chunking import Chunker
 from rag.documents import DocType
 from rag.embedding import Embedder
 from rag.filters import Scalar, meta_property
-from rag.jobs import JobPayload, JobState, JobStatus, JobStore
+from rag.jobs import Admission, JobPayload, JobState, JobStatus, JobStore
 from rag.parsing import detect_type, parse
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
 
@@ -57,7 +57,6 @@ class IngestService:
         embedder: Embedder,
         chunker: Chunker,
         enqueue: Callable[[str], None],
-        queue_depth: Callable[[], int],
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -65,35 +64,31 @@ class IngestService:
         self.embedder = embedder
         self.chunker = chunker
         self._enqueue = enqueue
-        self._queue_depth = queue_depth
 
     # --- caller side ---------------------------------------------------------------
 
     def submit(
         self, tenant: str, submissions: Sequence[Submission], idempotency_key: str | None = None
     ) -> list[JobStatus]:
-        """Validate every document first (all or none), then record and queue one job each."""
+        """Validate every document first (all or none), admit their jobs within the queue limit (all or none),
+        then queue them."""
         if not submissions:
             raise InvalidInputError("no documents given")
         self.store.require_tenant(tenant)
         accepted = [self._validate(s, position) for position, s in enumerate(submissions)]
-        self._refuse_when_busy(len(accepted))
-        jobs = []
-        for position, doc in enumerate(accepted):
-            key = f"caller:{idempotency_key}:{position}" if idempotency_key else f"content:{doc.content_hash}"
-            status, created = self.jobs.create(tenant, str(doc.meta["doc_id"]), key, JobPayload(doc.content, doc.meta))
-            if created:
-                try:
-                    self._enqueue(status.job_id)
-                except Exception as exc:
-                    self.jobs.release_key(tenant, key, status.job_id)
-                    self.jobs.update(status, state=JobState.FAILED, error="could not be queued")
-                    raise OrchestrionError(
-                        f"document {position} could not be queued ({type(exc).__name__}); it was not accepted, "
-                        "retry later"
-                    ) from exc
-            jobs.append(status)
-        return jobs
+        keys = [
+            f"caller:{idempotency_key}:{position}" if idempotency_key else f"content:{doc.content_hash}"
+            for position, doc in enumerate(accepted)
+        ]
+        docs = [
+            (str(d.meta["doc_id"]), key, JobPayload(d.content, d.meta)) for d, key in zip(accepted, keys, strict=True)
+        ]
+        admission = self.jobs.admit(tenant, docs, self.settings.ingest_queue_limit)
+        self._take_over(admission.taken_over)
+        if admission.refused:
+            raise self._refusal(admission)
+        self._enqueue_new(admission, keys)
+        return [status for status, _ in admission.jobs]
 
     def status(self, tenant: str, job_id: str) -> JobStatus:
         return self.jobs.get(tenant, job_id)
@@ -140,25 +135,69 @@ class IngestService:
         meta["content_hash"] = content_hash
         return _Accepted(meta, sub.content, content_hash)
 
-    def _refuse_when_busy(self, incoming: int) -> None:
-        depth = self._queue_depth()
+    def _refusal(self, admission: Admission) -> OrchestrionError:
         limit = self.settings.ingest_queue_limit
-        if depth + incoming > limit:
-            backlog = depth + incoming - limit
-            # Drawn between one and two times the time to drain the excess: clients refused
-            # together would otherwise all come back together (bench/RESULTS.md, ingest_burst).
-            drain_s = backlog * self.jobs.mean_duration()
-            retry_after = max(1, min(300, math.ceil(drain_s * (1 + random.random()))))
-            raise BusyError(
-                f"busy: the ingest queue holds {depth} jobs (limit {limit}); nothing was accepted, retry after "
-                f"{retry_after}s",
-                retry_after_s=retry_after,
+        if admission.new > limit:
+            return InvalidInputError(
+                f"{admission.new} new documents in one submission, over the ingest queue limit of {limit} "
+                "(ORCHESTRION_RAG__INGEST_QUEUE_LIMIT): submit them in parts"
             )
+        # Drawn between one and two times the time to drain the excess: clients refused
+        # together would otherwise all come back together (bench/RESULTS.md, ingest_burst).
+        drain_s = (admission.waiting + admission.new - limit) * self.jobs.mean_duration()
+        retry_after = max(1, min(300, math.ceil(drain_s * (1 + random.random()))))
+        return BusyError(
+            f"busy: {admission.waiting} ingest jobs wait to start (limit {limit}); nothing was accepted, retry "
+            f"after {retry_after}s",
+            retry_after_s=retry_after,
+        )
+
+    def _enqueue_new(self, admission: Admission, keys: Sequence[str]) -> None:
+        """Queue the jobs this submission made. When one cannot be queued, it and the new ones after it are
+        withdrawn: the caller retries, and the retry finds the ones before."""
+        pairs = enumerate(zip(admission.jobs, keys, strict=True))
+        new = [(position, status, key) for position, ((status, created), key) in pairs if created]
+        queued: list[str] = []
+        try:
+            for _, status, _ in new:
+                self._enqueue(status.job_id)
+                queued.append(status.job_id)
+        except Exception as exc:
+            withdrawn = new[len(queued) :]
+            for _, status, key in withdrawn:
+                self.jobs.withdraw(status, key)
+            positions = ", ".join(str(position) for position, _, _ in withdrawn)
+            raise OrchestrionError(
+                f"could not queue document(s) {positions} ({type(exc).__name__}): not accepted, retry later"
+            ) from exc
+        finally:
+            self.jobs.enqueued(queued)
+
+    def _take_over(self, job_ids: Sequence[str]) -> None:
+        """Settle jobs whose producer died (or hung) between admitting and enqueuing them."""
+        for job_id in job_ids:
+            try:
+                status = self.jobs.load(job_id)
+            except NotFoundError:
+                self.jobs.free(job_id)
+                continue
+            if status.state != JobState.QUEUED:  # withdrawn half-way, or started after all
+                self.jobs.free(job_id)
+                continue
+            try:
+                self._enqueue(job_id)
+            except Exception:
+                log.warning("could not queue job %s taken over from another producer", job_id, exc_info=True)
+                continue  # another submission takes it over after the grace
+            self.jobs.enqueued([job_id])
+            log.info("queued job %s, admitted by a producer that never confirmed it", job_id)
 
     # --- worker side ---------------------------------------------------------------
 
     def run(self, job_id: str) -> JobStatus:
         """Run one job. Safe to run again (a redelivered task): writes are idempotent by chunk id."""
+        # The queue limit bounds jobs accepted and not yet started, so the slot goes back now.
+        self.jobs.free(job_id)
         status = self.jobs.load(job_id)
         if status.state == JobState.DONE:
             return status

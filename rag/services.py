@@ -56,11 +56,9 @@ def connect_weaviate(settings: Settings, endpoints: Endpoints) -> WeaviateClient
     )
 
 
-def open_rag(
-    settings: Settings, *, enqueue: Callable[[str], None], queue_depth: Callable[[], int], embed_threads: int = 0
-) -> RagServices:
-    """Connect to Redis and Weaviate and wire the services; `enqueue` and `queue_depth` come from the
-    queue adapter, so this layer never imports Celery. `embed_threads`: see build_embedder."""
+def open_rag(settings: Settings, *, enqueue: Callable[[str], None], embed_threads: int = 0) -> RagServices:
+    """Connect to Redis and Weaviate and wire the services; `enqueue` comes from the queue adapter, so
+    this layer never imports Celery. `embed_threads`: see build_embedder."""
     endpoints = resolve_endpoints(settings)
     client = redis.Redis.from_url(endpoints.redis_url)
     prefix = settings.redis.key_prefix
@@ -72,5 +70,5 @@ def open_rag(
     counter = HFTokenCounter.from_model_dir(bundled_model_dir(), max_seq_length=256)
     chunker = Chunker(counter, settings.rag.chunk_tokens, settings.rag.chunk_overlap_tokens)
     jobs = JobStore(client, prefix, settings.rag.job_ttl_s)
-    ingest = IngestService(settings.rag, jobs, store, embedder, chunker, enqueue, queue_depth)
+    ingest = IngestService(settings.rag, jobs, store, embedder, chunker, enqueue)
     return RagServices(settings, client, wv, embedder, store, jobs, ingest, tenant_registry(settings), activity)

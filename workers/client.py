@@ -23,5 +23,5 @@ class QueueClient:
 
 def open_rag_with_queue(settings: Settings, embed_threads: int = 0) -> tuple[RagServices, QueueClient]:
     queue = QueueClient(settings, resolve_endpoints(settings).redis_url)
-    rag = open_rag(settings, enqueue=queue.enqueue_ingest, queue_depth=queue.ingest_depth, embed_threads=embed_threads)
+    rag = open_rag(settings, enqueue=queue.enqueue_ingest, embed_threads=embed_threads)
     return rag, queue

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import BusyError, InvalidInputError
-from core.settings import RagSettings
-from rag.ingest import IngestService, Submission
-from rag.jobs import JobState
+from core.errors import InvalidInputError
+from rag.ingest import Submission
 from rag.search import SearchRequest, search
 from rag.services import RagServices
 from tests.rag.helpers import GUIDE, ingest_text, wait_jobs
@@ -106,23 +104,3 @@ def test_document_over_the_size_limit_names_the_limit(rag: RagServices, tenant: 
     limit = rag.settings.rag.max_document_bytes
     with pytest.raises(InvalidInputError, match=f"limit of {limit:,} bytes"):
         rag.ingest.submit(tenant, [Submission(b"a" * (limit + 1), filename="big.txt")])
-
-
-def test_full_queue_says_retry_after_and_keeps_what_it_accepted(rag: RagServices, tenant: str, key_prefix: str) -> None:
-    from workers.client import QueueClient
-
-    # A queue no worker consumes, so the backlog stays put while we look at it.
-    idle = QueueClient(rag.settings.model_copy(update={"redis": rag.settings.redis.model_copy(
-        update={"key_prefix": key_prefix})}), rag.settings.redis.url or "")  # fmt: skip
-    service = IngestService(
-        RagSettings(ingest_queue_limit=3), rag.jobs, rag.store, rag.embedder, rag.ingest.chunker,
-        idle.enqueue_ingest, idle.ingest_depth,
-    )  # fmt: skip
-    accepted = [service.submit(tenant, [Submission(f"doc {i}".encode(), f"d{i}.txt")])[0] for i in range(3)]
-
-    with pytest.raises(BusyError) as busy:
-        service.submit(tenant, [Submission(b"one too many", "d4.txt")])
-
-    assert busy.value.retry_after_s >= 1 and "retry after" in str(busy.value)
-    assert idle.ingest_depth() == 3
-    assert all(rag.ingest.status(tenant, j.job_id).state == JobState.QUEUED for j in accepted)

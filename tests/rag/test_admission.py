@@ -1,0 +1,282 @@
+"""The ingest queue limit is exact: jobs accepted and not yet started never exceed it, across submitters,
+and no accepted job is lost, also when a producer dies between admitting and queueing its jobs.
+
+Each test has a key prefix of its own: its queue is consumed by no worker, or by the one it starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from core.errors import BusyError, InvalidInputError, OrchestrionError
+from rag.ingest import IngestService, Submission
+from rag.jobs import ENQUEUE_GRACE_S, JobState, JobStatus, JobStore
+from rag.services import RagServices
+from tests.conftest import free_port, start_worker
+from tests.rag.helpers import wait_jobs
+from workers.client import QueueClient
+
+
+def _doc(name: str) -> Submission:
+    return Submission(f"# {name}\n\nThe document called {name}.".encode(), f"{name}.md")
+
+
+class Private:
+    """RAG services under a key prefix of their own, with their own queue limit, on the session's Redis and
+    Weaviate (the tenant fixture provisions there)."""
+
+    def __init__(
+        self,
+        rag: RagServices,
+        prefix: str,
+        limit: int,
+        ttl_s: int | None = None,
+        enqueue_grace_s: float = ENQUEUE_GRACE_S,
+    ) -> None:
+        self.prefix = prefix
+        self.settings = rag.settings.model_copy(
+            update={"redis": rag.settings.redis.model_copy(update={"key_prefix": prefix}),
+                    "rag": rag.settings.rag.model_copy(update={"ingest_queue_limit": limit})}
+        )  # fmt: skip
+        self.queue = QueueClient(self.settings, rag.settings.redis.url or "")
+        self.redis = rag.redis
+        self.rag = rag
+        self.limit = limit
+        self.jobs = JobStore(rag.redis, prefix, ttl_s or rag.settings.rag.job_ttl_s, enqueue_grace_s)
+
+    def service(self, enqueue: Callable[[str], None] | None = None) -> IngestService:
+        rag = self.rag
+        return IngestService(self.settings.rag, self.jobs, rag.store, rag.embedder, rag.ingest.chunker,
+                             enqueue or self.queue.enqueue_ingest)  # fmt: skip
+
+    def services(self) -> RagServices:
+        """The same, as RagServices, for the shared helpers."""
+        return replace(self.rag, settings=self.settings, jobs=self.jobs, ingest=self.service())
+
+    def queued_job_ids(self) -> list[str]:
+        """The job id of every ingest task waiting in the broker (Celery's message bodies, as the worker reads them)."""
+        messages = self.redis.lrange(f"{self.prefix}:ingest", 0, -1)
+        return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
+
+    def admitted(self) -> set[str]:
+        return {m.decode() for m in self.redis.zrange(f"{self.prefix}:ingest:admitted", 0, -1)}
+
+    def unconfirmed(self) -> set[str]:
+        return {m.decode() for m in self.redis.zrange(f"{self.prefix}:ingest:enqueuing", 0, -1)}
+
+    def keys(self, kind: str) -> int:
+        return len(self.redis.keys(f"{self.prefix}:{kind}:*"))
+
+    def env(self, stack_env: dict[str, str]) -> dict[str, str]:
+        """Environment of processes that work on this prefix."""
+        return {**stack_env, "ORCHESTRION_REDIS__KEY_PREFIX": self.prefix,
+                "ORCHESTRION_RAG__INGEST_QUEUE_LIMIT": str(self.limit)}  # fmt: skip
+
+
+@pytest.fixture
+def private(rag: RagServices, key_prefix: str) -> Iterator[Callable[..., Private]]:
+    made: list[Private] = []
+
+    def make(limit: int, ttl_s: int | None = None, enqueue_grace_s: float = ENQUEUE_GRACE_S) -> Private:
+        made.append(Private(rag, key_prefix, limit, ttl_s, enqueue_grace_s))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.queue.app.close()
+
+
+def test_concurrent_submitters_never_exceed_the_limit(private: Callable[..., Private], tenant: str) -> None:
+    p = private(10)
+    service = p.service()
+    start = threading.Barrier(50)
+
+    def submit(i: int) -> JobStatus | BusyError:
+        start.wait()
+        try:
+            [job] = service.submit(tenant, [_doc(f"burst-{i}")])
+            return job
+        except BusyError as busy:
+            return busy
+
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(submit, range(50)))
+
+    accepted = [a.job_id for a in answers if isinstance(a, JobStatus)]
+    refused = [a for a in answers if isinstance(a, BusyError)]
+    assert len(accepted) == 10 and len(refused) == 40
+    assert all(b.retry_after_s >= 1 and "retry after" in str(b) for b in refused)
+    # Nothing lost: each accepted job is on the queue exactly once, and the refused left nothing behind.
+    assert sorted(p.queued_job_ids()) == sorted(accepted) == sorted(p.admitted())
+    assert p.unconfirmed() == set()
+    assert p.keys("job") == p.keys("jobdata") == p.keys(f"idem:{tenant}") == 10
+    assert all(service.status(tenant, job_id).state == JobState.QUEUED for job_id in accepted)
+
+
+def test_a_submission_is_admitted_all_or_none(private: Callable[..., Private], tenant: str) -> None:
+    p = private(5)
+    service = p.service()
+    first = service.submit(tenant, [_doc("a"), _doc("b"), _doc("c")])
+
+    with pytest.raises(BusyError) as busy:
+        service.submit(tenant, [_doc("d"), _doc("e"), _doc("f")])
+    assert "3 ingest jobs wait to start (limit 5)" in str(busy.value) and busy.value.retry_after_s >= 1
+    assert p.jobs.waiting() == 3 and p.keys(f"idem:{tenant}") == 3 and p.keys("jobdata") == 3
+
+    second = service.submit(tenant, [_doc("d"), _doc("e")])
+    with pytest.raises(BusyError):
+        service.submit(tenant, [_doc("f")])
+    with pytest.raises(InvalidInputError, match="6 new documents in one submission, over the ingest queue limit of 5"):
+        service.submit(tenant, [_doc(f"part-{i}") for i in range(6)])
+
+    kept = [j.job_id for j in first + second]
+    assert sorted(p.queued_job_ids()) == sorted(kept) == sorted(p.admitted())
+    assert all(service.status(tenant, job_id).state == JobState.QUEUED for job_id in kept)
+
+
+def test_resubmission_while_full_is_answered_with_the_same_job(private: Callable[..., Private], tenant: str) -> None:
+    p = private(3)
+    service = p.service()
+    [by_content] = service.submit(tenant, [_doc("a")])
+    [by_key] = service.submit(tenant, [_doc("b")], idempotency_key="upload-7")
+    twice = service.submit(tenant, [_doc("c"), _doc("c")])  # the same document twice: one job, one slot
+    assert twice[0].job_id == twice[1].job_id and p.jobs.waiting() == 3
+
+    [again] = service.submit(tenant, [_doc("a")])
+    [again_by_key] = service.submit(tenant, [_doc("b")], idempotency_key="upload-7")
+    with pytest.raises(BusyError):
+        service.submit(tenant, [_doc("a"), _doc("new")])  # one new document is one too many
+
+    assert again.job_id == by_content.job_id and again_by_key.job_id == by_key.job_id
+    assert sorted(p.queued_job_ids()) == sorted({by_content.job_id, by_key.job_id, twice[0].job_id})
+    assert p.keys(f"idem:{tenant}") == 3
+
+
+def test_job_that_cannot_be_queued_is_withdrawn_and_frees_its_slot(
+    private: Callable[..., Private], tenant: str
+) -> None:
+    p = private(3)
+    # A broker nobody listens on: publishing fails for real (connection refused), without the usual retries.
+    dead = QueueClient(p.settings, f"redis://127.0.0.1:{free_port()}/0")
+    dead.app.conf.task_publish_retry = False
+    dead.app.conf.result_backend_transport_options = {
+        **dead.app.conf.result_backend_transport_options,
+        "retry_policy": {"max_retries": 0},
+    }
+    brokers = iter([p.queue.enqueue_ingest, dead.enqueue_ingest, dead.enqueue_ingest])
+
+    def enqueue(job_id: str) -> None:  # the broker goes away after the first document
+        next(brokers)(job_id)
+
+    flaky = p.service(enqueue)
+    docs = [_doc("kept"), _doc("lost-1"), _doc("lost-2")]
+
+    try:
+        with pytest.raises(OrchestrionError, match=r"could not queue document\(s\) 1, 2 \(.*\): not accepted"):
+            flaky.submit(tenant, docs, idempotency_key="batch-1")
+    finally:
+        dead.app.close()
+
+    [kept] = p.queued_job_ids()
+    assert p.admitted() == {kept} and p.unconfirmed() == set()
+    assert p.keys(f"idem:{tenant}") == 1
+    jobs = [p.jobs.load(key.decode().rsplit(":", 1)[1]) for key in p.redis.keys(f"{p.prefix}:job:*")]
+    failed = [j for j in jobs if j.job_id != kept]
+    assert [(j.state, j.error) for j in failed] == [(JobState.FAILED, "could not be queued")] * 2
+
+    retried = p.service().submit(tenant, docs, idempotency_key="batch-1")
+    assert retried[0].job_id == kept and {j.job_id for j in retried[1:]}.isdisjoint(j.job_id for j in failed)
+    assert sorted(p.queued_job_ids()) == sorted(j.job_id for j in retried) == sorted(p.admitted())
+
+
+def test_a_worker_starting_a_job_frees_its_slot(
+    private: Callable[..., Private], tenant: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    p = private(2)
+    service = p.service()
+    waiting = service.submit(tenant, [_doc("one"), _doc("two")])
+    with pytest.raises(BusyError):
+        service.submit(tenant, [_doc("three")])
+
+    worker, _ = start_worker(p.env(stack_env), tmp_path, concurrency=1)
+    try:
+        done = wait_jobs(p.services(), tenant, waiting)
+        assert [j.state for j in done] == [JobState.DONE] * 2
+        assert p.jobs.waiting() == 0
+        [third] = service.submit(tenant, [_doc("three")])
+        [third] = wait_jobs(p.services(), tenant, [third])
+        assert third.state == JobState.DONE and p.admitted() == p.unconfirmed() == set()
+    finally:
+        worker.stop()
+
+
+_DIE_AFTER_ADMITTING = """
+import os, sys
+from core.settings import get_settings
+from rag.ingest import Submission
+from rag.services import open_rag
+
+def die(job_id: str) -> None:
+    os._exit(3)
+
+rag = open_rag(get_settings(), enqueue=die)
+rag.ingest.submit(sys.argv[1], [Submission(b"# Orphan\\n\\nAdmitted by a process that died before queueing it.",
+                                           "orphan.md")])
+"""
+
+
+def test_producer_dying_between_admitting_and_queueing_leaks_no_slot(
+    private: Callable[..., Private], tenant: str, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    p = private(1)
+    died = subprocess.run([sys.executable, "-c", _DIE_AFTER_ADMITTING, tenant], env=p.env(stack_env), timeout=120)
+    assert died.returncode == 3
+    [orphan] = p.admitted()
+    assert p.unconfirmed() == {orphan} and p.queued_job_ids() == []
+    assert p.jobs.load(orphan).state == JobState.QUEUED
+
+    # Within the grace the orphan is left alone: its producer may only be slow.
+    with pytest.raises(BusyError):
+        p.service().submit(tenant, [_doc("next")])
+    assert p.queued_job_ids() == []
+
+    impatient = private(1, enqueue_grace_s=1.0)
+    time.sleep(1.1)
+    with pytest.raises(BusyError):  # the slot is still the orphan's, but this submission queues the orphan
+        impatient.service().submit(tenant, [_doc("next")])
+    assert p.queued_job_ids() == [orphan] and p.unconfirmed() == set()
+
+    worker, _ = start_worker(p.env(stack_env), tmp_path, concurrency=1)
+    try:
+        [done] = wait_jobs(p.services(), tenant, [p.jobs.load(orphan)])
+        assert done.state == JobState.DONE and done.doc_id == "orphan.md"
+        [after] = impatient.service().submit(tenant, [_doc("next")])
+        assert wait_jobs(p.services(), tenant, [after])[0].state == JobState.DONE
+    finally:
+        worker.stop()
+
+
+def test_slot_of_a_job_lost_from_the_queue_frees_when_the_job_expires(
+    private: Callable[..., Private], tenant: str
+) -> None:
+    p = private(1, ttl_s=2)
+    service = p.service()
+    service.submit(tenant, [_doc("purged")])
+    assert p.queue.app.control.purge() == 1  # an operator empties the queue: the task is gone, its job waits
+    with pytest.raises(BusyError):
+        service.submit(tenant, [_doc("next")])
+
+    time.sleep(2.1)
+    [job] = service.submit(tenant, [_doc("next")])
+    assert p.admitted() == {job.job_id}
