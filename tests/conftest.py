@@ -8,6 +8,7 @@ fails the tests that need it, loudly: nothing here skips.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import uuid
@@ -41,6 +42,29 @@ for _name in (
     "ORCHESTRION_DATA_DIR",
 ):
     os.environ.pop(_name, None)
+
+
+def _prune_bytecode_of_vanished_sources(prefix: Path) -> None:
+    """The bytecode cache mirrors absolute source paths: drop the trees of checkouts and venvs that are
+    gone (a CI machine clones afresh each time), so it does not grow without end."""
+    for root, dirs, _files in os.walk(prefix):
+        source = Path("/") / Path(root).relative_to(prefix)
+        for name in list(dirs):
+            if not (source / name).is_dir():
+                shutil.rmtree(Path(root, name), ignore_errors=True)
+                dirs.remove(name)
+
+
+# Where PYTHONDONTWRITEBYTECODE is set (sandboxed machines often set it), every process the tests start
+# (workers, API servers, `orchestrion up` and its children, CLI calls) compiles torch, transformers and
+# celery from source again: about 8 s of CPU each, dozens of times a session. Their bytecode goes to the
+# cache dir instead, which keeps the checkout and the venv as free of .pyc files as the setting intends.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    if not os.environ.get("PYTHONPYCACHEPREFIX"):
+        os.environ["PYTHONPYCACHEPREFIX"] = str(Settings().cache_dir / "pycache")
+        _prune_bytecode_of_vanished_sources(Path(os.environ["PYTHONPYCACHEPREFIX"]))
+    sys.pycache_prefix = os.environ["PYTHONPYCACHEPREFIX"]
+    sys.dont_write_bytecode = False
 
 
 def free_port() -> int:

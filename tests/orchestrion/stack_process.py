@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.stack import STACK_FILE
 
@@ -54,7 +56,9 @@ def up_output(data_dir: Path) -> str:
 
 
 def owned_pids(data_dir: Path) -> set[int]:
-    """Live processes whose environment names this data dir: the launcher and all it started."""
+    """Live processes of this data dir: the launcher and all it started. Most are known by the data dir in
+    their environment; Valkey blanks its environment (to set its process title), so it is known by its
+    working directory, <data dir>/redis."""
     marker = f"ORCHESTRION_DATA_DIR={data_dir}".encode()
     found = set()
     for entry in Path("/proc").iterdir():
@@ -63,9 +67,10 @@ def owned_pids(data_dir: Path) -> set[int]:
         try:
             environ = (entry / "environ").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cwd = Path(os.readlink(entry / "cwd"))
         except OSError:
             continue
-        if state != "Z" and marker in environ.split(b"\0"):
+        if state != "Z" and (marker in environ.split(b"\0") or cwd.is_relative_to(data_dir)):
             found.add(int(entry.name))
     return found
 
@@ -83,3 +88,41 @@ def wait_gone(data_dir: Path, timeout: float = 30.0) -> set[int]:
             return left
         time.sleep(0.2)
     return owned_pids(data_dir)
+
+
+@dataclass
+class UpRun:
+    """One data dir's `orchestrion up`, which several tests can look at in turn."""
+
+    data_dir: Path
+    process: subprocess.Popen[str] | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    first_output: str = ""  # what the first `up` on this data dir printed: the first-run work is only done then
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, *args: str) -> None:
+        self.process = start_up(self.data_dir, *args)
+        try:
+            self.record = wait_ready(self.process, self.data_dir)
+        except BaseException:
+            self.process.kill()  # not ready: the next test to need a stack starts its own
+            raise
+        self.first_output = self.first_output or up_output(self.data_dir)
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return dict(self.record["urls"])
+
+    @property
+    def pids(self) -> set[int]:
+        """The launcher and the services it started, as it recorded them."""
+        return {int(self.record["launcher_pid"]), *(int(pid) for pid in self.record["pids"].values())}
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                stop(self.process)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,16 @@ from mcp.client.stdio import StdioServerParameters
 
 from core.settings import Settings
 from tests.mcp_client import http
-from tests.orchestrion.stack_process import light, owned_pids, start_up, stop, up_output, wait_gone, wait_ready
+from tests.orchestrion.stack_process import (
+    UpRun,
+    light,
+    owned_pids,
+    start_up,
+    stop,
+    up_output,
+    wait_gone,
+    wait_ready,
+)
 from workers.app import create_celery_app
 
 
@@ -36,14 +46,27 @@ def _mcp_ping(server: Any, message: str) -> dict[str, Any]:
     return anyio.run(call)
 
 
-@pytest.mark.slow
-def test_full_embedded_stack_lifecycle(tmp_path: Path) -> None:
-    data_dir = tmp_path / "stack"
-    up = start_up(data_dir)
-    try:
-        record = wait_ready(up, data_dir)
-        urls: dict[str, str] = record["urls"]  # type: ignore[assignment]
+@pytest.fixture(scope="module")
+def shared_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpRun]:
+    run = UpRun(tmp_path_factory.mktemp("up") / "stack")
+    yield run
+    run.close()
 
+
+@pytest.fixture
+def full_stack(shared_up: UpRun) -> UpRun:
+    """A full embedded stack, the sample corpus ingested on its first run. Starting one is the slowest
+    thing in the suite, so the tests that only look at a running stack share it; a test that stops it
+    leaves it to the next test that needs it to start it again, whatever the order."""
+    if not shared_up.running():
+        shared_up.start()
+    return shared_up
+
+
+@pytest.mark.slow
+def test_full_embedded_stack_serves_every_part(full_stack: UpRun) -> None:
+    data_dir, urls = full_stack.data_dir, full_stack.urls
+    try:
         # Every service answers its own health check.
         health = httpx.get(urls["api_url"] + "/healthz", timeout=10)
         assert health.status_code == 200 and health.json()["checks"]["redis"] == "ok"
@@ -56,7 +79,7 @@ def test_full_embedded_stack_lifecycle(tmp_path: Path) -> None:
         assert "orchestrion_queue_depth" in httpx.get(urls["worker_metrics_url"], timeout=10).text
 
         # The main job: the default tenant holds the sample corpus and a cited search was shown.
-        output = up_output(data_dir)
+        output = full_stack.first_output
         assert "tenant 'default' provisioned" in output and "12 document(s) ingested" in output
         assert "api-communication.md" in output  # the demo question's citation
         token = (data_dir / "local-token").read_text().strip()
@@ -85,59 +108,75 @@ def test_full_embedded_stack_lifecycle(tmp_path: Path) -> None:
             env={**os.environ, "ORCHESTRION_DATA_DIR": str(data_dir)},
         )
         assert second.returncode == 1
-        assert "already running" in second.stderr and str(record["launcher_pid"]) in second.stderr
+        assert "already running" in second.stderr and str(full_stack.record["launcher_pid"]) in second.stderr
+    finally:
+        print(full_stack.first_output)
 
+
+@pytest.mark.slow
+def test_two_data_dirs_are_two_independent_stacks_and_a_killed_launcher_takes_only_its_own(
+    full_stack: UpRun, tmp_path: Path
+) -> None:
+    # The shared stack is one of the two: a second full stack, every service its own, starts beside it.
+    a_dir, a_urls, a_pids = full_stack.data_dir, full_stack.urls, full_stack.pids
+    b_dir = tmp_path / "b"
+    b = start_up(b_dir, "--no-samples")
+    try:
+        b_record: dict[str, Any] = wait_ready(b, b_dir)
+        b_urls: dict[str, str] = b_record["urls"]
+        assert set(a_urls.values()).isdisjoint(b_urls.values())
+        for urls in (a_urls, b_urls):
+            assert httpx.get(urls["api_url"] + "/healthz", timeout=10).status_code == 200
+        only_in_b = f"only-in-b-{uuid.uuid4().hex}"
+        redis.Redis.from_url(b_urls["redis_url"]).set(only_in_b, "1")
+        assert redis.Redis.from_url(a_urls["redis_url"]).get(only_in_b) is None
+
+        # SIGKILL: no handler runs, only the kernel's parent-death signal reaches b's services.
+        b_services = {int(pid) for pid in b_record["pids"].values()}
+        assert b_services <= owned_pids(b_dir)  # so "gone" below is about all of them
+        b.kill()
+        b.wait(10)
+        assert wait_gone(b_dir, timeout=60) == set(), "the killed launcher's services outlived it"
+        assert a_pids <= owned_pids(a_dir), "killing one stack's launcher stopped part of the other"
+        assert httpx.get(a_urls["api_url"] + "/healthz", timeout=10).status_code == 200  # a unaffected
+    finally:
+        if b.poll() is None:
+            b.kill()
+        print(up_output(b_dir))
+
+
+@pytest.mark.slow
+def test_stopped_stack_leaves_nothing_running_and_restarts_with_its_ports_and_data(full_stack: UpRun) -> None:
+    data_dir, urls = full_stack.data_dir, full_stack.urls
+    assert full_stack.process is not None
+    try:
         # State to find again after a restart.
         marker = uuid.uuid4().hex
         redis.Redis.from_url(urls["redis_url"]).set("restart-marker", marker)
         schema = {
-            "class": "RestartMarker",
+            "class": f"RestartMarker{marker}",
             "vectorizer": "none",
             "properties": [{"name": "text", "dataType": ["text"]}],
         }
         assert httpx.post(urls["weaviate_url"] + "/v1/schema", json=schema, timeout=30).status_code == 200
 
-        children = set(record["pids"].values())  # type: ignore[union-attr]
-        assert stop(up, signal.SIGTERM) == 0
+        started = full_stack.pids
+        assert stop(full_stack.process, signal.SIGTERM) == 0
         assert wait_gone(data_dir) == set(), "processes outlived `orchestrion up`"
-        assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in started)
         assert not (data_dir / "stack.json").exists()
 
         # Restart: same ports, same data.
-        up = start_up(data_dir)
-        again: dict[str, str] = wait_ready(up, data_dir)["urls"]  # type: ignore[assignment]
+        full_stack.start()
+        again = full_stack.urls
         assert again == urls
         assert redis.Redis.from_url(again["redis_url"]).get("restart-marker") == marker.encode()
         classes = httpx.get(again["weaviate_url"] + "/v1/schema", timeout=30).json()["classes"]
-        assert "RestartMarker" in [c["class"] for c in classes]
-        assert stop(up, signal.SIGINT) == 0  # Ctrl-C
+        assert f"RestartMarker{marker}" in [c["class"] for c in classes]
+        assert stop(full_stack.process, signal.SIGINT) == 0  # Ctrl-C
         assert wait_gone(data_dir) == set()
     finally:
-        if up.poll() is None:
-            up.kill()
         print(up_output(data_dir))
-
-
-@pytest.mark.slow
-def test_two_data_dirs_are_two_independent_stacks(tmp_path: Path) -> None:
-    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a, b = start_up(a_dir, "--no-samples"), start_up(b_dir, "--no-samples")
-    try:
-        a_urls: dict[str, str] = wait_ready(a, a_dir)["urls"]  # type: ignore[assignment]
-        b_urls: dict[str, str] = wait_ready(b, b_dir)["urls"]  # type: ignore[assignment]
-        assert set(a_urls.values()).isdisjoint(b_urls.values())
-        for urls in (a_urls, b_urls):
-            assert httpx.get(urls["api_url"] + "/healthz", timeout=10).status_code == 200
-        redis.Redis.from_url(a_urls["redis_url"]).set("only-in-a", "1")
-        assert redis.Redis.from_url(b_urls["redis_url"]).get("only-in-a") is None
-        assert stop(a) == 0
-        assert httpx.get(b_urls["api_url"] + "/healthz", timeout=10).status_code == 200  # b unaffected
-        assert stop(b) == 0
-        assert wait_gone(a_dir) == set() and wait_gone(b_dir) == set()
-    finally:
-        for process in (a, b):
-            if process.poll() is None:
-                process.kill()
 
 
 def test_busy_port_is_one_clear_error_and_nothing_is_left_running(tmp_path: Path, weaviate: dict[str, str]) -> None:
@@ -155,25 +194,29 @@ def test_busy_port_is_one_clear_error_and_nothing_is_left_running(tmp_path: Path
     assert wait_gone(data_dir) == set()  # Valkey and the worker, started before, were stopped
 
 
-def test_killed_launcher_takes_its_children_with_it(tmp_path: Path, weaviate: dict[str, str]) -> None:
-    data_dir = tmp_path / "killed"
-    up = start_up(data_dir, "--no-samples", **light(weaviate))
-    wait_ready(up, data_dir)
-    assert len(owned_pids(data_dir)) >= 4  # launcher, valkey, worker (+ pool), api
-    up.kill()  # SIGKILL: no handler runs, only the kernel's parent-death signal
-    up.wait(10)
-    assert wait_gone(data_dir, timeout=60) == set()
-
-
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "ORCHESTRION_DATA_DIR": str(tmp_path / "empty")}
-    for command in (["mcp"], ["worker"], ["serve"], ["status"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "orchestrion", *command], env=env, capture_output=True, text=True, timeout=60
+    # Side by side: each spends seconds importing before it finds there is no stack.
+    running = {
+        command: subprocess.Popen(
+            [sys.executable, "-m", "orchestrion", command],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        assert result.returncode == 1, command
-        assert "orchestrion up" in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
+        for command in ("mcp", "worker", "serve", "status")
+    }
+    try:
+        errors = {command: process.communicate(timeout=60)[1] for command, process in running.items()}
+    finally:
+        for process in running.values():
+            process.kill()
+    for command, stderr in errors.items():
+        assert running[command].returncode == 1, command
+        assert "orchestrion up" in " ".join(stderr.split()), stderr  # the console wraps lines at 80 columns
+        assert "Traceback" not in stderr
 
 
 def test_help_explains_every_command() -> None:
