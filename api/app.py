@@ -27,6 +27,7 @@ from mcp_servers.server import attach_models, build_server
 from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
 from observability.metrics import render_latest
 from observability.tracing import init_tracing
+from rag.embedding import warm_up
 from rag.services import RagServices
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,9 @@ def create_app(settings: Settings) -> FastAPI:
         tracing = init_tracing(settings, "api")
         state["redis"] = aioredis.Redis.from_url(endpoints.redis_url, socket_timeout=2)
         state["queues"] = _queue_depth_registry(settings, endpoints.redis_url)
-        app.state.rag, _queue = await anyio.to_thread.run_sync(
-            open_rag_with_queue, settings, settings.rag.query_embed_threads
-        )
+        app.state.rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings, True)
         # Load the embedding model before /healthz answers, so no search pays for torch's start.
-        await anyio.to_thread.run_sync(app.state.rag.embedder.embed, ["warm-up"])
+        await anyio.to_thread.run_sync(warm_up, app.state.rag.embedder)
         deps.rag = app.state.rag
         attach_models(deps, settings, app.state.rag, tracing.langfuse)
         freeze_startup_heap()

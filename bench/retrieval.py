@@ -11,7 +11,8 @@ At 1, 16 and 64 concurrent clients, three paths run the same plan of queries (hy
            server does per query, so the target applies here: MCP p99 <= 1.3 x raw+emb p99. The server
            batches concurrent queries (rag/batching.py), this path does not; the report shows the
            server's texts per model call;
-  mcp      the MCP SDK client over streamable HTTP, one session per client with its tenant's bearer token.
+  mcp      the MCP SDK client over streamable HTTP, one session per client with its tenant's bearer token;
+           the clients are spread over `--mcp-processes` processes (bench/_mcp_clients.py says why).
 A level runs in rounds: each client takes a random tenant and sends `--per-session` requests; MCP sessions
 are opened before a round's clock starts and closed after it stops. Every query string is unique in the run,
 so the server's Redis embedding cache never answers: MCP embeds every query, like raw+emb.
@@ -22,7 +23,6 @@ so the server's Redis embedding cache never answers: MCP embeds every query, lik
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import random
 import re
@@ -31,17 +31,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared._httpx_utils import create_mcp_http_client
 from weaviate import WeaviateClient
 from weaviate.classes.query import HybridFusion, MetadataQuery
 from weaviate.classes.tenants import Tenant, TenantActivityStatus
 
 from bench._corpus import Doc, paragraphs, small_markdown_docs, stdlib_docs
+from bench._mcp_clients import McpClientProcesses
 from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
 from bench._stack import BenchStack, Deployment, add_env_option, bench_stack, env_from
 from core.heap import freeze_startup_heap
@@ -96,6 +93,7 @@ class PathResult:
     server_n: float = 0.0
     embed_texts: float = 0.0  # mcp only: texts the server embedded, and in how many model calls
     embed_calls: float = 0.0
+    asleep: int = 0  # the level's tenants found not ACTIVE at its end (a valid level has none)
 
     @property
     def embed_batch(self) -> float:
@@ -131,6 +129,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, help="requests per level and path (default 320; --quick 64)")
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels (default 1,16,64)")
     parser.add_argument("--per-session", type=int, default=5, help="requests per client per round (default 5)")
+    parser.add_argument(
+        "--mcp-processes", type=int, default=4, help="processes the MCP clients are spread over (default 4)"
+    )
     parser.add_argument("--level-timeout", type=float, default=600.0, help="bound on one path at one level (s)")
     parser.add_argument("--seed", type=int, default=11)
     add_env_option(parser)
@@ -330,58 +331,6 @@ def raw_round(
     add_cpu(result, before, cpu())
 
 
-@dataclass
-class RoundGates:
-    """Clients open their sessions, then wait for `go`; the round's clock runs from `go` to the last answer."""
-
-    clients: int
-    opened: int = 0
-    finished: int = 0
-    all_open: asyncio.Event = field(default_factory=asyncio.Event)
-    go: asyncio.Event = field(default_factory=asyncio.Event)
-    all_done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def open_one(self) -> None:
-        self.opened += 1
-        if self.opened == self.clients:
-            self.all_open.set()
-
-    def finish_one(self) -> None:
-        self.finished += 1
-        if self.finished == self.clients:
-            self.all_done.set()
-
-    def fail(self) -> None:
-        for event in (self.all_open, self.go, self.all_done):
-            event.set()
-
-
-async def mcp_client(url: str, token: str, slot: Slot, gates: RoundGates, result: PathResult) -> None:
-    try:
-        headers = {"Authorization": f"Bearer {token}"}
-        async with (
-            create_mcp_http_client(headers=headers) as http_client,  # ours to close: the SDK leaves it open
-            Client(streamable_http_client(url, http_client=http_client), read_timeout_seconds=60) as session,
-        ):
-            await session.list_tools()  # what clients do on connecting; the SDK needs it to validate results
-            gates.open_one()
-            await gates.go.wait()
-            for query in slot.queries:
-                args: dict[str, Any] = {"query": query, "mode": "hybrid", "k": 5, "alpha": 0.5}
-                started = time.perf_counter()
-                answer = await session.call_tool("search_documents", args)
-                elapsed = time.perf_counter() - started
-                if answer.is_error:
-                    result.errors += 1
-                    continue
-                result.latencies.append(elapsed)
-                result.empty += not (answer.structured_content or {}).get("hits")
-            gates.finish_one()
-    except BaseException:
-        gates.fail()
-        raise
-
-
 SERVER_METRICS = re.compile(
     r'^orchestrion_(http_request_duration_seconds|embed_batch_texts)_(sum|count)(?:\{method="POST",route="/mcp"\})? '
     r"(\S+)$",
@@ -389,41 +338,38 @@ SERVER_METRICS = re.compile(
 )
 
 
-async def server_stats(url: str) -> dict[str, float]:
+def server_stats(url: str) -> dict[str, float]:
     """From the API server's /metrics: its own latency histogram for POST /mcp, and its embedding
     model calls (texts and calls), keyed like `http_request_duration_seconds_sum`."""
-    async with httpx.AsyncClient(timeout=30.0) as client:
-        text = (await client.get(url.removesuffix("/mcp") + "/metrics")).text
+    text = httpx.get(url.removesuffix("/mcp") + "/metrics", timeout=30.0).text
     return {f"{name}_{kind}": float(value) for name, kind, value in SERVER_METRICS.findall(text)}
 
 
-async def mcp_round(url: str, tokens: dict[str, str], slots: list[Slot], result: PathResult, cpu: CpuReader) -> None:
+def mcp_round(
+    clients: McpClientProcesses, url: str, tokens: dict[str, str], slots: list[Slot], result: PathResult, cpu: CpuReader
+) -> None:
     """Every client opens its session (untimed), then all send their queries; timed from go to the last answer.
     The server's histogram is read while the clients wait, before go and after the last answer."""
-    gates = RoundGates(len(slots))
-    clients = [asyncio.create_task(mcp_client(url, tokens[s.tenant], s, gates, result)) for s in slots]
-    try:
-        await gates.all_open.wait()
-        server_before = await server_stats(url)
-        before, started = cpu(), time.perf_counter()
-        gates.go.set()
-        await gates.all_done.wait()
-        result.timed_s += time.perf_counter() - started
-        add_cpu(result, before, cpu())
-        after = await server_stats(url)
+    children = clients.open_round([(tokens[s.tenant], s.queries) for s in slots])
+    server_before = server_stats(url)
+    before, started = cpu(), time.perf_counter()
+    clients.go(children)
+    done = clients.finish_round(children)
+    result.timed_s += time.perf_counter() - started
+    add_cpu(result, before, cpu())
+    after = server_stats(url)
 
-        def grew(key: str) -> float:
-            return after.get(key, 0.0) - server_before.get(key, 0.0)
+    def grew(key: str) -> float:
+        return after.get(key, 0.0) - server_before.get(key, 0.0)
 
-        result.server_s += grew("http_request_duration_seconds_sum")
-        result.server_n += grew("http_request_duration_seconds_count")
-        result.embed_texts += grew("embed_batch_texts_sum")
-        result.embed_calls += grew("embed_batch_texts_count")
-    finally:
-        outcomes = await asyncio.gather(*clients, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
+    result.latencies += done.latencies
+    result.errors += done.errors
+    result.empty += done.empty
+    result.cpu["bench"] = result.cpu.get("bench", 0.0) + done.cpu_s
+    result.server_s += grew("http_request_duration_seconds_sum")
+    result.server_n += grew("http_request_duration_seconds_count")
+    result.embed_texts += grew("embed_batch_texts_sum")
+    result.embed_calls += grew("embed_batch_texts_count")
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -482,6 +428,8 @@ def latency_row(r: PathResult) -> tuple[object, ...]:
 
 def ratio_row(mcp: PathResult, emb: PathResult, vec: PathResult) -> tuple[object, ...]:
     met = mcp.p(99) / emb.p(99) <= TARGET and mcp.errors == 0
+    if mcp.asleep:
+        return (mcp.level, *(math.nan,) * 6, f"INVALID: {mcp.asleep} tenants went INACTIVE during the level")
     return (
         mcp.level,
         mcp.p(99) / emb.p(99),
@@ -499,8 +447,9 @@ def report(results: list[PathResult], setup: list[tuple[str, object]]) -> None:
     OUT.print(INACTIVE_NOTE + ".")
     title = (
         "search_documents latency (hybrid, alpha 0.5, k 5). CPU ms per request by process: client = this process "
-        "(MCP SDK or weaviate-client, and raw+emb's embedding), server = orchestrion serve. server-side ms = the "
-        "server's own histogram for POST /mcp; texts/embed call = queries the server embedded per model call"
+        "and its MCP client processes (MCP SDK or weaviate-client, and raw+emb's embedding), server = orchestrion "
+        "serve. server-side ms = the server's own histogram for POST /mcp; texts/embed call = queries the server "
+        "embedded per model call"
     )
     OUT.print(table(title, LATENCY_HEADERS, [latency_row(r) for r in results]))
     by = {(r.path, r.level): r for r in results}
@@ -583,9 +532,11 @@ class LevelRunner:
         self.client = connect_weaviate(settings, resolve_endpoints(settings))
         self.rag = deployment.rags[0]
         self.collection = self.rag.store.chunks_name
+        self.mcp = McpClientProcesses(self.url, args.mcp_processes)
 
     def close(self) -> None:
         self.client.close()
+        self.mcp.close()
 
     def cold_query_ms(self, tenants: list[str], maker: QueryMaker) -> str:
         """One raw-vec query to each of `tenants` while INACTIVE: Weaviate activates the tenant on the way."""
@@ -599,13 +550,27 @@ class LevelRunner:
         set_activity(self.rag, tenants, TenantActivityStatus.INACTIVE)
         return f"{percentile(times, 50):.1f} / {max(times):.1f}"
 
+    def load_shards(self, tenants: list[str]) -> None:
+        """One untimed query per tenant. Weaviate loads an activated tenant's shard on its first query
+        (lazily, ~15-150 ms, more when many load at once); left to the timed rounds, that cost lands on
+        whichever path a round runs first, and at 16 clients those loads alone set every path's p99."""
+        probe = self.embedder.embed(["warm-up"])[0]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda t: self.hybrid(t, "warm-up", probe), tenants))
+
+    def inactive(self, tenants: list[str]) -> int:
+        found = self.rag.weaviate.collections.use(self.collection).tenants.get_by_names(tenants)
+        return sum(1 for t in tenants if t not in found or found[t].activity_status != TenantActivityStatus.ACTIVE)
+
     def hybrid(self, tenant: str, query: str, vector: Sequence[float]) -> int:
         return raw_hybrid(self.client, self.collection, tenant, query, vector)
 
     def warm_up(self, tenant: str, maker: QueryMaker) -> None:
-        """Load the model in the API server and open the connections, untimed: one short round per path."""
+        """Load the model in the API server, open the connections and make every MCP client process's first
+        calls (imports, schema validators), untimed: one short round per path, a session per client process."""
+        clients = self.args.mcp_processes
         with ERR.status("warming up the API server and clients…"):
-            self.run(1, [tenant], maker, requests=3, per_session=3)
+            self.run(clients, [tenant], maker, requests=3 * clients, per_session=3)
 
     def run(
         self, level: int, tenants: list[str], maker: QueryMaker, requests: int = 0, per_session: int = 0
@@ -616,7 +581,14 @@ class LevelRunner:
         active = sorted({s.tenant for slots in plan for s in slots})
         set_activity(self.rag, active, TenantActivityStatus.ACTIVE)
         try:
-            return self._run(level, plan)
+            self.load_shards(active)
+            results = self._run(level, plan)
+            # A tenant put to sleep mid-level makes some path pay to wake it: the level would not
+            # compare like with like (the API server offloads tenants it thinks idle, rag/activity.py).
+            asleep = self.inactive(active)
+            for result in results:
+                result.asleep = asleep
+            return results
         finally:
             set_activity(self.rag, active, TenantActivityStatus.INACTIVE)
 
@@ -631,7 +603,7 @@ class LevelRunner:
             "raw+emb": lambda slots: raw_round(
                 pool, slots, lambda t, q: self.hybrid(t, q, self.embedder.embed([q])[0]), results["raw+emb"], self.cpu
             ),
-            "mcp": lambda slots: asyncio.run(mcp_round(self.url, self.tokens, slots, results["mcp"], self.cpu)),
+            "mcp": lambda slots: mcp_round(self.mcp, self.url, self.tokens, slots, results["mcp"], self.cpu),
         }
         deadline = time.monotonic() + self.args.level_timeout
         with ThreadPoolExecutor(level) as pool, progress() as bar:

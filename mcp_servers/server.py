@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from mcp_servers.ingest import add_ingest_tools
 from mcp_servers.ping import add_ping_tool, orchestrion_version
 from mcp_servers.retrieval import add_retrieval_tools
 from mcp_servers.router import add_router_tools
+from rag.embedding import warm_up
 from rag.services import RagServices
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,12 @@ def build_server(
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
         from workers.client import open_rag_with_queue
 
-        rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings, settings.rag.query_embed_threads)
+        rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings, True)
         deps.rag = rag
         attach_models(deps, settings, rag)
+        # In the background: a stdio client waits for `initialize`, and a search that comes
+        # first simply waits for the same model start.
+        threading.Thread(target=warm_up, args=(rag.embedder,), name="embedder-warm-up", daemon=True).start()
         freeze_startup_heap()
         try:
             yield

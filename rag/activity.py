@@ -50,6 +50,13 @@ class TenantActivity:
             return {}
         return dict(zip(names, self._redis.zmscore(self._key, names), strict=True))
 
+    def start_clocks(self, tenants: Iterable[str]) -> None:
+        """Count idle time from now for tenants with no recorded use; recorded ones keep theirs."""
+        now = self._clock()
+        names = list(tenants)
+        if names:
+            self._redis.zadd(self._key, dict.fromkeys(names, now), nx=True)
+
     def forget(self, tenant: str) -> None:
         with self._lock:
             self._touched.pop(tenant, None)
@@ -57,15 +64,21 @@ class TenantActivity:
 
 
 def offload_idle(store: ChunkStore, activity: TenantActivity, idle_s: float) -> list[str]:
-    """Set INACTIVE every ACTIVE tenant of the store's collections unused for `idle_s` or more
-    (or never recorded as used); returns their names, sorted."""
+    """Set INACTIVE every ACTIVE tenant of the store's collections unused for `idle_s` or more;
+    returns their names, sorted.
+
+    A tenant with no recorded use (activated by hand, or its record lost with a Redis that
+    restarted empty) starts its idle clock now rather than counting as idle forever: otherwise
+    one pass after a Redis restart would put every tenant to sleep at once, and the next query
+    to each would pay for waking it."""
     cutoff = time.time() - idle_s
     offloaded: set[str] = set()
     for name in (store.chunks_name, store.docs_name):
         tenants = store.client.collections.use(name).tenants
         active = [t for t, info in tenants.get().items() if info.activity_status == TenantActivityStatus.ACTIVE]
         last = activity.last_use(active)
-        idle = [t for t in active if (last[t] or 0.0) <= cutoff]
+        activity.start_clocks(t for t in active if last[t] is None)
+        idle = [t for t in active if (used := last[t]) is not None and used <= cutoff]
         for start in range(0, len(idle), BATCH):
             batch = idle[start : start + BATCH]
             tenants.update([Tenant(name=t, activity_status=TenantActivityStatus.INACTIVE) for t in batch])

@@ -21,6 +21,7 @@ import redis
 from core.errors import ConfigurationError, OrchestrionError
 from core.settings import RagSettings
 from rag.batching import BatchingEmbedder
+from rag.model_process import ModelProcessEmbedder
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 
@@ -72,10 +73,13 @@ class LocalEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        vectors = self._loaded().encode(
+        return [list(map(float, v)) for v in self.vectors(texts)]
+
+    def vectors(self, texts: Sequence[str]) -> Any:
+        """The model's float32 array, one row per text."""
+        return self._loaded().encode(
             list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
         )
-        return [list(map(float, v)) for v in vectors]
 
 
 class OpenAICompatibleEmbedder:
@@ -126,7 +130,7 @@ class CachedEmbedder:
     """Looks up each text's vector by (model, SHA-256 of the text) before embedding it."""
 
     def __init__(self, inner: Embedder, client: redis.Redis, prefix: str, ttl_s: int) -> None:
-        self._inner = inner
+        self.inner = inner
         self._redis = client
         self._prefix = f"{prefix}:emb:{inner.spec.model}:{inner.spec.dimension}:"
         self._ttl = ttl_s or None
@@ -135,7 +139,7 @@ class CachedEmbedder:
 
     @property
     def spec(self) -> EmbeddingSpec:
-        return self._inner.spec
+        return self.inner.spec
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
@@ -143,7 +147,7 @@ class CachedEmbedder:
         keys = [self._prefix + hashlib.sha256(t.encode()).hexdigest() for t in texts]
         cached = self._redis.mget(keys)
         missing = [i for i, raw in enumerate(cached) if raw is None]
-        fresh = self._inner.embed([texts[i] for i in missing]) if missing else []
+        fresh = self.inner.embed([texts[i] for i in missing]) if missing else []
         if fresh:
             with self._redis.pipeline(transaction=False) as pipe:
                 for i, vector in zip(missing, fresh, strict=True):
@@ -158,9 +162,21 @@ class CachedEmbedder:
         ]
 
 
-def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, threads: int = 0) -> Embedder:
-    """The configured embedder, behind the Redis cache when a client is given; `threads` is the
-    local model's torch thread count (0 = torch's default, one per core)."""
+def warm_up(embedder: Embedder) -> None:
+    """Load the model now rather than on the first request. Past the cache: after the first
+    start it holds the warm-up text's vector and would answer without the model."""
+    while isinstance(embedder, CachedEmbedder):
+        embedder = embedder.inner
+    embedder.embed(["warm-up"])
+
+
+def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, serving: bool = False) -> Embedder:
+    """The configured embedder, behind the Redis cache when a client is given.
+
+    `serving`: this process answers concurrent requests (the API and MCP servers), so the local
+    model embeds queries with `query_embed_threads`, in a child process when `query_model_process`
+    (rag/model_process.py says why). Otherwise (ingest workers, the CLI) it runs in this process
+    with `ingest_embed_threads`."""
     inner: Embedder
     if rag.embedding_base_url:
         key = rag.embedding_api_key.get_secret_value() if rag.embedding_api_key else None
@@ -168,7 +184,11 @@ def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, th
             rag.embedding_base_url, rag.embedding_model, key, rag.embedding_dimension, rag.embed_batch_size
         )
     elif rag.embedding_model == LOCAL_MODEL:
-        inner = LocalEmbedder(rag.embed_batch_size, threads)
+        if serving and rag.query_model_process:
+            inner = ModelProcessEmbedder(rag.embed_batch_size, rag.query_embed_threads)
+        else:
+            threads = rag.query_embed_threads if serving else rag.ingest_embed_threads
+            inner = LocalEmbedder(rag.embed_batch_size, threads)
     else:
         raise ConfigurationError(
             f"embedding model {rag.embedding_model!r} needs ORCHESTRION_RAG__EMBEDDING_BASE_URL (an OpenAI-compatible "

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from rag.embedding import Embedder
 from rag.filters import FilterSpec, to_weaviate
 from rag.store import ChunkStore, SearchHit
+
+# A proxy until the process sets up tracing; spans are cheap no-ops without it.
+_tracer = trace.get_tracer("orchestrion.rag")
 
 
 class SearchRequest(BaseModel):
@@ -28,17 +32,22 @@ class SearchRequest(BaseModel):
 
 
 def search(store: ChunkStore, embedder: Embedder, tenant: str, request: SearchRequest) -> list[SearchHit]:
-    vector = None if request.mode == "keyword" else embedder.embed([request.query])[0]
-    hits = store.search(
-        tenant,
-        mode=request.mode,
-        query=request.query,
-        vector=vector,
-        k=request.k,
-        filters=to_weaviate(request.filters) if request.filters is not None else None,
-        alpha=request.alpha,
-        fusion=request.fusion,
-    )
+    vector = None
+    if request.mode != "keyword":
+        # Its own span: under load the query waits here for the batch ahead of it (rag/batching.py).
+        with _tracer.start_as_current_span("embed query"):
+            vector = embedder.embed([request.query])[0]
+    with _tracer.start_as_current_span("weaviate query", attributes={"rag.mode": request.mode, "rag.k": request.k}):
+        hits = store.search(
+            tenant,
+            mode=request.mode,
+            query=request.query,
+            vector=vector,
+            k=request.k,
+            filters=to_weaviate(request.filters) if request.filters is not None else None,
+            alpha=request.alpha,
+            fusion=request.fusion,
+        )
     if request.min_score is not None:
         hits = [h for h in hits if h.score >= request.min_score]
     return hits

@@ -56,13 +56,13 @@ def connect_weaviate(settings: Settings, endpoints: Endpoints) -> WeaviateClient
     )
 
 
-def open_rag(settings: Settings, *, enqueue: Callable[[str], None], embed_threads: int = 0) -> RagServices:
+def open_rag(settings: Settings, *, enqueue: Callable[[str], None], serving: bool = False) -> RagServices:
     """Connect to Redis and Weaviate and wire the services; `enqueue` comes from the queue adapter, so
-    this layer never imports Celery. `embed_threads`: see build_embedder."""
+    this layer never imports Celery. `serving`: see build_embedder."""
     endpoints = resolve_endpoints(settings)
     client = redis.Redis.from_url(endpoints.redis_url)
     prefix = settings.redis.key_prefix
-    embedder = build_embedder(settings.rag, client, prefix, embed_threads)
+    embedder = build_embedder(settings.rag, client, prefix, serving)
     wv = connect_weaviate(settings, endpoints)
     activity = TenantActivity(client, prefix)
     store = ChunkStore(wv, embedder.spec, on_use=activity.touch)

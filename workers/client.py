@@ -21,7 +21,7 @@ class QueueClient:
         return queue_depth(self.app, "ingest")
 
 
-def open_rag_with_queue(settings: Settings, embed_threads: int = 0) -> tuple[RagServices, QueueClient]:
+def open_rag_with_queue(settings: Settings, serving: bool = False) -> tuple[RagServices, QueueClient]:
     queue = QueueClient(settings, resolve_endpoints(settings).redis_url)
-    rag = open_rag(settings, enqueue=queue.enqueue_ingest, embed_threads=embed_threads)
+    rag = open_rag(settings, enqueue=queue.enqueue_ingest, serving=serving)
     return rag, queue

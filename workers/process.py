@@ -20,7 +20,7 @@ def rag_services() -> RagServices:
     with _lock:
         if _services is None:
             settings = get_settings()
-            _services, _ = open_rag_with_queue(settings, settings.rag.ingest_embed_threads)
+            _services, _ = open_rag_with_queue(settings)
         return _services
 
 

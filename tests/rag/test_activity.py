@@ -61,3 +61,18 @@ def test_use_is_recorded_once_per_interval_per_process(rag: RagServices) -> None
     assert activity.last_use(["a"]) == {"a": 1_000_061.0}
     activity.forget("a")
     assert activity.last_use(["a"]) == {"a": None}
+
+
+def test_a_tenant_with_no_recorded_use_starts_its_idle_clock_instead_of_being_offloaded(rag: RagServices) -> None:
+    tenant = _new_tenant(rag)
+    rag.activity.forget(tenant)  # as after a Redis that restarted empty, or a tenant activated by hand
+    before = time.time()
+
+    assert tenant not in offload_idle(rag.store, rag.activity, idle_s=1800)
+
+    assert _status(rag, tenant) == {TenantActivityStatus.ACTIVE}
+    recorded = rag.activity.last_use([tenant])[tenant]
+    assert recorded is not None and recorded >= before
+    # From then on it is an ordinary tenant: idle long enough, it goes.
+    assert tenant in offload_idle(rag.store, rag.activity, idle_s=0)
+    assert _status(rag, tenant) == {TenantActivityStatus.INACTIVE}

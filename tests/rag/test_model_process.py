@@ -1,0 +1,93 @@
+"""The local model in a child process: the same vectors, a dead child replaced, no orphan left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import OrchestrionError
+from rag.embedding import LocalEmbedder
+from rag.model_process import ModelProcessEmbedder
+
+TEXTS = ["how are refunds handled after a timeout?", "the retry policy of the payment service"]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[ModelProcessEmbedder]:
+    model = ModelProcessEmbedder(batch_size=32, threads=1)
+    yield model
+    model.close()
+
+
+def _child_pid(embedder: ModelProcessEmbedder) -> int:
+    assert embedder._process is not None
+    return embedder._process.pid
+
+
+def _gone(pid: int, timeout: float = 20.0) -> bool:
+    """Exited: no such process, or a zombie waiting for its parent to reap it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_child_gives_the_vectors_of_the_model_in_process(embedder: ModelProcessEmbedder) -> None:
+    here = LocalEmbedder(threads=1).embed(TEXTS)
+    there = embedder.embed(TEXTS)
+
+    assert embedder.spec == LocalEmbedder().spec
+    assert len(there) == 2 and len(there[0]) == 384
+    np.testing.assert_allclose(np.array(there), np.array(here), atol=1e-6)
+    assert _child_pid(embedder) != os.getpid()
+
+
+def test_a_killed_child_is_replaced_and_the_call_still_answers(embedder: ModelProcessEmbedder) -> None:
+    expected = embedder.embed(TEXTS[:1])
+    first = _child_pid(embedder)
+
+    os.kill(first, signal.SIGKILL)
+    assert _gone(first)
+    again = embedder.embed(TEXTS[:1])
+
+    np.testing.assert_allclose(np.array(again), np.array(expected), atol=1e-6)
+    assert _child_pid(embedder) != first
+
+
+def test_a_failing_call_is_an_error_and_the_child_keeps_serving(embedder: ModelProcessEmbedder) -> None:
+    pid = _child_pid(embedder) if embedder._process else None
+    with pytest.raises(OrchestrionError, match="embedding failed"):
+        embedder.embed([None])  # type: ignore[list-item]  # what a bug upstream could send
+
+    assert len(embedder.embed(TEXTS[:1])[0]) == 384
+    if pid is not None:
+        assert _child_pid(embedder) == pid
+
+
+def test_the_child_exits_when_its_parent_dies_without_closing_it() -> None:
+    script = (
+        "import os, sys\n"
+        "from rag.model_process import ModelProcessEmbedder\n"
+        "m = ModelProcessEmbedder(32, 1)\n"
+        "m.embed(['x'])\n"
+        "print(m._process.pid, flush=True)\n"
+        "os._exit(0)\n"  # no close, no atexit: as if killed
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180, check=True)
+    child = int(out.stdout.split()[-1])
+
+    assert _gone(child), f"embedding process {child} outlived its parent"
