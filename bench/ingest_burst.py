@@ -69,10 +69,16 @@ class PhaseResult:
     drain_s: float
     cpu: dict[str, float]  # CPU seconds by process role, first POST -> last job DONE
     mean_job_s: float  # the workers' own moving average of a job's run time
+    drain_interval_s: float  # the moving average of the gap between job starts while jobs waited (Retry-After's pace)
 
     @property
     def posts(self) -> int:
         return sum(o.attempts for o in self.outcomes)
+
+    @property
+    def refusals(self) -> int:
+        """429s answered."""
+        return sum(o.told_to_retry for o in self.outcomes)
 
     @property
     def accepted(self) -> int:
@@ -275,6 +281,7 @@ def run_phase(stack: BenchStack, docs: list[Doc], burst: bool, args: argparse.Na
         cpu_after = stack.cpu_by_role()
         cpu = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
         mean_job = float(rag.redis.get(f"{deployment.prefix}:ingest:mean_job_s") or "nan")
+        drain_interval = rag.jobs.drain_interval() or float("nan")
         states = asyncio.run(http_states(deployment.api_url, token, job_ids))
         first = min(o.first_sent for o in outcomes)
         drain = max((j.updated_at for j in jobs), default=first) - first
@@ -292,6 +299,7 @@ def run_phase(stack: BenchStack, docs: list[Doc], burst: bool, args: argparse.Na
             drain,
             cpu,
             mean_job,
+            drain_interval,
         )
     finally:
         deployment.stop()
@@ -304,12 +312,16 @@ def rows(result: PhaseResult, total_docs: int, limit: int) -> list[tuple[str, ob
     first_try = sum(1 for o in result.outcomes if o.job_id and o.attempts == 1)
     retries = [w for o in result.outcomes for w in o.retry_after]
     ra = f"{min(retries):.0f} / {statistics.median(retries):.0f} / {max(retries):.0f}" if retries else "-"
+    told = [o.told_to_retry for o in result.outcomes if o.told_to_retry]
+    per_client = f"{statistics.median(told):.0f} / {max(told)}" if told else "-"
     failed = sum(1 for j in result.jobs if j.state == JobState.FAILED)
     return [
         ("documents (clients)", total_docs),
         ("accepted on first try", first_try),
-        ("429 responses (told to retry)", sum(o.told_to_retry for o in result.outcomes)),
-        ("clients told to retry at least once", sum(1 for o in result.outcomes if o.told_to_retry)),
+        ("429 responses (told to retry)", result.refusals),
+        ("429 responses per document", result.refusals / max(1, total_docs)),
+        ("clients told to retry at least once", len(told)),
+        ("429s per client told to retry: median / max", per_client),
         ("Retry-After min / median / max (s)", ra),
         (
             "transport errors / 5xx, retried with the same Idempotency-Key",
@@ -329,6 +341,7 @@ def rows(result: PhaseResult, total_docs: int, limit: int) -> list[tuple[str, ob
         ("submit window: first POST -> last accepted (s)", result.last_accepted - result.first_sent),
         ("drain: first POST -> last job DONE (s)", result.drain_s),
         ("worker mean job run time (s, moving average)", result.mean_job_s),
+        ("pace measured for Retry-After: job starts/s while jobs waited", 1 / result.drain_interval_s),
         ("POST /v1/documents requests answered", result.posts),
         ("CPU s: everything (API, workers, Weaviate, Redis, clients)", sum(result.cpu.values())),
         ("CPU s: API server", result.cpu["api"]),
@@ -374,9 +387,11 @@ def report(burst: PhaseResult, seq: PhaseResult, total_docs: int, limit: int) ->
     cpu_ratio = sum(burst.cpu.values()) / max(1e-9, sum(seq.cpu.values()))
     ok_b, ok_s = healthy(burst, total_docs, limit), healthy(seq, total_docs, limit)
     word = "PASS" if ok_b and ok_s else "MISS"
+    per_doc = [r.refusals / max(1, total_docs) for r in (burst, seq)]
     OUT.print(
         f"{word} ingest burst: ratio {ratio:.3f} (burst drain {burst.drain_s:.1f}s / sequential drain "
-        f"{seq.drain_s:.1f}s; CPU burst/sequential {cpu_ratio:.2f}); target: 0 errors, {total_docs}/{total_docs} "
+        f"{seq.drain_s:.1f}s; CPU burst/sequential {cpu_ratio:.2f}; 429s per document {per_doc[0]:.2f} burst, "
+        f"{per_doc[1]:.2f} sequential); target: 0 errors, {total_docs}/{total_docs} "
         f"accepted, DONE and in Weaviate, 0 lost, at most {limit} jobs waiting "
         f"(burst: {burst.errors} errors, {burst.accepted} accepted, {burst.done} done, {burst.weaviate_doc_ids} in "
         f"Weaviate, at most {burst.max_waiting} waiting; sequential: {'ok' if ok_s else 'NOT ok'})"

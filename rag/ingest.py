@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import random
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -142,14 +140,10 @@ class IngestService:
                 f"{admission.new} new documents in one submission, over the ingest queue limit of {limit} "
                 "(ORCHESTRION_RAG__INGEST_QUEUE_LIMIT): submit them in parts"
             )
-        # Drawn between one and two times the time to drain the excess: clients refused
-        # together would otherwise all come back together (bench/RESULTS.md, ingest_burst).
-        drain_s = (admission.waiting + admission.new - limit) * self.jobs.mean_duration()
-        retry_after = max(1, min(300, math.ceil(drain_s * (1 + random.random()))))
         return BusyError(
-            f"busy: {admission.waiting} ingest jobs wait to start (limit {limit}); nothing was accepted, retry "
-            f"after {retry_after}s",
-            retry_after_s=retry_after,
+            f"busy: {admission.waiting} ingest jobs wait to start (limit {limit}) and {admission.ahead} refused "
+            f"documents are ahead of yours; nothing was accepted, retry after {admission.retry_after_s}s",
+            retry_after_s=admission.retry_after_s,
         )
 
     def _enqueue_new(self, admission: Admission, keys: Sequence[str]) -> None:
@@ -197,7 +191,7 @@ class IngestService:
     def run(self, job_id: str) -> JobStatus:
         """Run one job. Safe to run again (a redelivered task): writes are idempotent by chunk id."""
         # The queue limit bounds jobs accepted and not yet started, so the slot goes back now.
-        self.jobs.free(job_id)
+        self.jobs.started(job_id)
         status = self.jobs.load(job_id)
         if status.state == JobState.DONE:
             return status

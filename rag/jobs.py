@@ -9,11 +9,17 @@ one script claims a submission's keys and admits its new jobs, all or none, agai
 the limit. A job leaves the admitted set when a worker starts it. Between admission
 and the producer's confirmed enqueue it is also in the enqueuing set, so the job of a
 producer that died in between is found and enqueued by the next submission.
+
+A refused submission is told when to come back from its place in a line of refused ones
+and the pace at which workers start jobs, measured as they start them: about when its
+turn comes, so a crowd of refused clients comes back spread out at the pace slots free up
+rather than all together.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -28,14 +34,38 @@ from core.errors import NotFoundError
 # How long a producer may take from admission to a confirmed enqueue before another
 # process takes the job over; a slow producer then costs a duplicate task (idempotent).
 ENQUEUE_GRACE_S = 60.0
+# A refused submission that has not come back this long after its Retry-After has given up: its place in
+# the line goes, so it stops holding back the clients behind it and new ones.
+LINE_GRACE_S = 30.0
+RETRY_AFTER_MAX_S = 300
+# A wait is told from the pace measured when it is told, and the client sleeps through it. Beyond the time
+# the admitted jobs last at that pace (if it is half the real one, they run dry then), and beyond this, a
+# wait is told shorter, growing with its log: a client far back comes back early and is told again, at the
+# pace measured meanwhile, rather than sleep through its turn while the workers idle.
+HORIZON_MAX_S = 60.0
+# Weight of the newest gap between job starts in the moving average of the pace (after a plain mean of the
+# first few): a few seconds of starts at the bench's pace.
+_DRAIN_SMOOTHING = 0.2
 
-# KEYS: admitted, enqueuing, then per document: idempotency key, job key, payload key.
-# ARGV: limit, job ttl s, enqueue grace s, job key prefix, then per document: job id, job record, payload.
-# Returns {admitted (1/0), waiting before, new documents, jobs taken over, per document the existing
-# job's record or '' for a new one (empty when refused)}.
+# A refused submission takes a place in a line of documents (a ZSET of '{identity}#{i}' per new document,
+# scored by arrival), so the documents ahead of it are one ZRANK. Its identity is the idempotency key of its
+# first new document, which the client's retries keep, also a retry of part of it. Once a line has formed, a
+# newcomer is admitted only when there is room for the whole line as well: the waits told to those in line
+# count on the slots that free up meanwhile. Those in line are admitted whenever they come back to room;
+# one back early may pass others, who keep their place and are told again.
+#
+# KEYS: admitted, enqueuing, line, due, line seq, drain, mean job s, then per document: idempotency key,
+# job key, payload key.
+# ARGV: limit, job ttl s, enqueue grace s, job key prefix, line grace s, horizon max s, max wait s, jitter in
+# [0, 1), then per document: job id, job record, payload.
+# Returns {admitted (1/0), waiting before, new documents, jobs taken over, per document the existing job's
+# record or '' for a new one (empty when refused), retry after s (refused), documents ahead in the line}.
 _ADMIT = """
-local admitted, enqueuing = KEYS[1], KEYS[2]
+local admitted, enqueuing, line, due, line_seq, drain, mean_job = unpack(KEYS, 1, 7)
 local limit, ttl, grace, job_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local line_grace, horizon_max, max_wait, jitter = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
+  tonumber(ARGV[8])
+local K, A = 7, 8
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 -- A job admitted longer ago than its record lives expired unstarted: its task was lost (a purged queue).
@@ -45,9 +75,16 @@ redis.call('ZREMRANGEBYSCORE', admitted, '-inf', now - ttl)
 local stale = redis.call('ZRANGEBYSCORE', enqueuing, '-inf', now - grace, 'LIMIT', 0, 10)
 for _, id in ipairs(stale) do redis.call('ZADD', enqueuing, now, id) end
 
+local function leave(me)
+  redis.call('ZREM', due, me)
+  local i = 1
+  while redis.call('ZREM', line, me .. '#' .. i) == 1 do i = i + 1 end
+end
+for _, me in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now - line_grace, 'LIMIT', 0, 50)) do leave(me) end
+
 local found, new = {}, {}
-for i = 1, (#KEYS - 2) / 3 do
-  local holder = redis.call('GET', KEYS[3 * i])
+for i = 1, (#KEYS - K) / 3 do
+  local holder = redis.call('GET', KEYS[K + 3 * i - 2])
   local record = holder and redis.call('GET', job_prefix .. holder)
   -- Neither a failed job nor an expired one holds its key: this submission takes it over.
   if record and cjson.decode(record).state ~= 'failed' then
@@ -58,16 +95,71 @@ for i = 1, (#KEYS - 2) / 3 do
   end
 end
 local waiting = redis.call('ZCARD', admitted)
-if #new > 0 and waiting + #new > limit then return {0, waiting, #new, stale, {}} end
-for _, i in ipairs(new) do
-  local id = ARGV[3 * i + 2]
-  redis.call('SET', KEYS[3 * i + 1], ARGV[3 * i + 3], 'EX', ttl)
-  redis.call('SET', KEYS[3 * i + 2], ARGV[3 * i + 4], 'EX', ttl)
-  redis.call('SET', KEYS[3 * i], id, 'EX', ttl)
-  redis.call('ZADD', admitted, now, id)
-  redis.call('ZADD', enqueuing, now, id)
+if #new == 0 then return {1, waiting, 0, stale, found, 0, 0} end
+if #new > limit then return {0, waiting, #new, stale, {}, 0, 0} end  -- can never fit: takes no place
+
+local me = KEYS[K + 3 * new[1] - 2]
+local ahead = redis.call('ZRANK', line, me .. '#1')
+local queued = ahead ~= false
+if not queued then ahead = redis.call('ZCARD', line) end
+if waiting + #new + (queued and 0 or ahead) <= limit then
+  for _, i in ipairs(new) do
+    local id = ARGV[A + 3 * i - 2]
+    redis.call('SET', KEYS[K + 3 * i - 1], ARGV[A + 3 * i - 1], 'EX', ttl)
+    redis.call('SET', KEYS[K + 3 * i], ARGV[A + 3 * i], 'EX', ttl)
+    redis.call('SET', KEYS[K + 3 * i - 2], id, 'EX', ttl)
+    redis.call('ZADD', admitted, now, id)
+    redis.call('ZADD', enqueuing, now, id)
+  end
+  if queued then leave(me) end
+  return {1, waiting, #new, stale, found, 0, 0}
 end
-return {1, waiting, #new, stale, found}
+
+if not queued then
+  local last = redis.call('INCRBY', line_seq, #new)
+  for i = 1, #new do redis.call('ZADD', line, last - #new + i, me .. '#' .. i) end
+end
+-- Seconds between job starts while jobs wait (the workers' pace, however many there are), at most a job's
+-- run time: one slot is the slowest live workers drain, and a pace measured in an earlier busy spell may be
+-- stale. Nothing measured yet: a job's run time, else a second.
+local interval = tonumber(redis.call('HGET', drain, 'interval'))
+local job_s = tonumber(redis.call('GET', mean_job))
+if job_s and (not interval or interval > job_s) then interval = job_s end
+interval = math.max(interval or 1.0, 0.001)
+-- No job started, since the oldest waiting job came, for twice as long as a job runs: the workers are
+-- stalled or gone, and the wait grows with the stall, so the line backs off instead of polling.
+local oldest = redis.call('ZRANGE', admitted, 0, 0, 'WITHSCORES')[2]
+local since = now - math.max(tonumber(redis.call('HGET', drain, 'at')) or 0, tonumber(oldest) or now)
+if since > 2 * (job_s or interval) then interval = since end
+-- Slots that must free up before this submission fits: the documents ahead of it take them first.
+local wait = (ahead + #new - (limit - waiting)) * interval
+local horizon = math.min(limit * interval, horizon_max)
+if wait > horizon then wait = horizon * (1 + math.log(wait / horizon)) end
+local retry = math.max(1, math.min(max_wait, math.ceil(wait + jitter * interval)))
+redis.call('ZADD', due, now + retry, me)
+return {0, waiting, #new, stale, {}, retry, ahead}
+"""
+
+# KEYS: admitted, enqueuing, drain. ARGV: job id, smoothing.
+# Returns 1 when the job left the admitted set now (a start), 0 when it was not there (a redelivery).
+_STARTED = """
+local admitted, enqueuing, drain = KEYS[1], KEYS[2], KEYS[3]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
+redis.call('ZREM', enqueuing, ARGV[1])
+if redis.call('ZREM', admitted, ARGV[1]) == 0 then return 0 end
+local at, busy, interval, samples = unpack(redis.call('HMGET', drain, 'at', 'busy', 'interval', 'samples'))
+-- Only after a start that left jobs waiting is the gap to the next start the workers' pace, not a lull.
+if busy == '1' then
+  samples = math.min((tonumber(samples) or 0) + 1, 1000)
+  local gap = now - tonumber(at)
+  local weight = math.max(tonumber(ARGV[2]), 1 / samples)
+  interval = interval and (1 - weight) * tonumber(interval) + weight * gap or gap
+  redis.call('HSET', drain, 'interval', string.format('%.6f', interval), 'samples', samples)
+end
+local left = redis.call('ZCARD', admitted) > 0 and 1 or 0
+redis.call('HSET', drain, 'at', string.format('%.6f', now), 'busy', left)
+return 1
 """
 
 
@@ -126,6 +218,8 @@ class Admission:
     waiting: int  # jobs accepted and not yet started, before this submission
     new: int  # documents that needed a new job
     taken_over: list[str]  # admitted jobs whose producer never confirmed their enqueue: this caller's to enqueue
+    retry_after_s: int = 0  # refused: when to come back, about when this submission's turn comes
+    ahead: int = 0  # refused: documents of other refused submissions ahead of this one in the line
 
     @property
     def refused(self) -> bool:
@@ -133,14 +227,28 @@ class Admission:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, prefix: str, ttl_s: int, enqueue_grace_s: float = ENQUEUE_GRACE_S) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        ttl_s: int,
+        enqueue_grace_s: float = ENQUEUE_GRACE_S,
+        line_grace_s: float = LINE_GRACE_S,
+    ) -> None:
         self._redis = client
         self._prefix = prefix
         self._ttl = ttl_s
         self._grace = enqueue_grace_s
+        self._line_grace = line_grace_s
         self._admit = client.register_script(_ADMIT)
+        self._started = client.register_script(_STARTED)
         self._admitted = f"{prefix}:ingest:admitted"
         self._enqueuing = f"{prefix}:ingest:enqueuing"
+        self._line = f"{prefix}:ingest:line"
+        self._due = f"{prefix}:ingest:line:due"
+        self._line_seq = f"{prefix}:ingest:line:seq"
+        self._drain = f"{prefix}:ingest:drain"
+        self._mean_job = f"{prefix}:ingest:mean_job_s"
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -153,22 +261,24 @@ class JobStore:
 
     def admit(self, tenant: str, docs: Sequence[tuple[str, str, JobPayload]], limit: int) -> Admission:
         """Each (doc id, idempotency key, payload) gets the job its key holds, or a new one. The new ones are
-        admitted together only if the jobs accepted and not yet started stay within `limit`; else nothing is
-        written. A submission of nothing new is answered however busy. A failed or expired job does not hold
-        its key: retrying works."""
+        admitted together only if the jobs accepted and not yet started stay within `limit`, and, for a
+        submission not yet in the line of refused ones, only if the whole line fits too; else nothing is
+        written but the submission's place in the line and when it is told to come back. A submission of
+        nothing new is answered however busy. A failed or expired job does not hold its key: retrying works."""
         now = time.time()
         firsts: dict[str, tuple[JobStatus, JobPayload]] = {}
         for doc_id, key, payload in docs:
             firsts.setdefault(key, (JobStatus(uuid.uuid4().hex, tenant, doc_id, JobState.QUEUED, now, now), payload))
-        keys = [self._admitted, self._enqueuing]
-        args: list[bytes | str | float] = [limit, self._ttl, self._grace, self._job_key("")]
+        keys = [self._admitted, self._enqueuing, self._line, self._due, self._line_seq, self._drain, self._mean_job]
+        args: list[bytes | str | float] = [limit, self._ttl, self._grace, self._job_key(""), self._line_grace,
+                                           HORIZON_MAX_S, RETRY_AFTER_MAX_S, random.random()]  # fmt: skip
         for key, (status, payload) in firsts.items():
             keys += [self._idem_key(tenant, key), self._job_key(status.job_id), self._payload_key(status.job_id)]
             args += [status.job_id, _encode(status), json.dumps(payload.meta).encode() + b"\n" + payload.content]
-        ok, waiting, new, stale, found = self._admit(keys=keys, args=args)
+        ok, waiting, new, stale, found, retry_after, ahead = self._admit(keys=keys, args=args)
         taken_over = [_bytes(job_id).decode() for job_id in stale]
         if not ok:
-            return Admission([], int(waiting), int(new), taken_over)
+            return Admission([], int(waiting), int(new), taken_over, int(retry_after), int(ahead))
         answers = {
             key: (_decode(_bytes(record)), False) if record else (status, True)
             for (key, (status, _)), record in zip(firsts.items(), found, strict=True)
@@ -185,8 +295,13 @@ class JobStore:
         if job_ids:
             self._redis.zrem(self._enqueuing, *job_ids)
 
+    def started(self, job_id: str) -> bool:
+        """A worker starts the job: its slot goes back, and the pace of starts while jobs wait is measured,
+        for telling refused callers when their turn comes. False when the job had left already (a rerun)."""
+        return bool(self._started(keys=[self._admitted, self._enqueuing, self._drain], args=[job_id, _DRAIN_SMOOTHING]))
+
     def free(self, job_id: str) -> None:
-        """The job no longer waits to start (it started, was withdrawn or is gone): its slot goes back."""
+        """The job no longer waits to start (withdrawn, or gone): its slot goes back."""
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self._admitted, job_id)
             pipe.zrem(self._enqueuing, job_id)
@@ -239,15 +354,15 @@ class JobStore:
         self._redis.delete(self._payload_key(job_id))
 
     def record_duration(self, seconds: float) -> None:
-        """Exponentially weighted mean job time, for telling busy callers when to come back."""
-        key = f"{self._prefix}:ingest:mean_job_s"
-        previous = self._redis.get(key)
+        """Exponentially weighted mean job time: the slowest pace live workers drain the queue at."""
+        previous = self._redis.get(self._mean_job)
         mean = seconds if previous is None else 0.8 * float(previous) + 0.2 * seconds
-        self._redis.set(key, f"{mean:.4f}")
+        self._redis.set(self._mean_job, f"{mean:.4f}")
 
-    def mean_duration(self) -> float:
-        value = self._redis.get(f"{self._prefix}:ingest:mean_job_s")
-        return float(value) if value else 1.0
+    def drain_interval(self) -> float | None:
+        """Measured seconds between job starts while jobs waited, a moving average; None before any."""
+        value = self._redis.hget(self._drain, "interval")
+        return float(value) if value else None
 
     def _load(self, job_id: str) -> JobStatus | None:
         raw = self._redis.get(self._job_key(job_id))

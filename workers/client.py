@@ -15,7 +15,11 @@ class QueueClient:
         instrument_producer()
 
     def enqueue_ingest(self, job_id: str) -> None:
-        self.app.send_task(INGEST_TASK, args=[job_id])
+        # The job store carries the job's state, so nobody reads the task's result. Without this, each publish
+        # also subscribes this process to the result's channel (never read, never unsubscribed), and while Redis
+        # is down it retries that subscription for about 19 s before failing with a RuntimeError that says to
+        # restart the application; the worker would also keep every result in Redis for a week.
+        self.app.send_task(INGEST_TASK, args=[job_id], ignore_result=True)
 
     def ingest_depth(self) -> int:
         return queue_depth(self.app, "ingest")

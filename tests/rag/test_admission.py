@@ -1,5 +1,6 @@
 """The ingest queue limit is exact: jobs accepted and not yet started never exceed it, across submitters,
-and no accepted job is lost, also when a producer dies between admitting and queueing its jobs.
+and no accepted job is lost, also when a producer dies between admitting and queueing its jobs. A refused
+submission waits in a line and is told to come back about when its turn comes.
 
 Each test has a key prefix of its own: its queue is consumed by no worker, or by the one it starts.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import re
 import subprocess
 import sys
 import threading
@@ -21,11 +24,17 @@ import pytest
 
 from core.errors import BusyError, InvalidInputError, OrchestrionError
 from rag.ingest import IngestService, Submission
-from rag.jobs import ENQUEUE_GRACE_S, JobState, JobStatus, JobStore
+from rag.jobs import ENQUEUE_GRACE_S, HORIZON_MAX_S, LINE_GRACE_S, JobState, JobStatus, JobStore
 from rag.services import RagServices
 from tests.conftest import free_port, start_worker
 from tests.rag.helpers import wait_jobs
 from workers.client import QueueClient
+
+
+def _text(reply: object) -> str:
+    """A Redis reply of this client, which never decodes: bytes (redis-py's types allow more)."""
+    assert isinstance(reply, bytes), reply
+    return reply.decode()
 
 
 def _doc(name: str) -> Submission:
@@ -43,6 +52,7 @@ class Private:
         limit: int,
         ttl_s: int | None = None,
         enqueue_grace_s: float = ENQUEUE_GRACE_S,
+        line_grace_s: float = LINE_GRACE_S,
     ) -> None:
         self.prefix = prefix
         self.settings = rag.settings.model_copy(
@@ -53,7 +63,7 @@ class Private:
         self.redis = rag.redis
         self.rag = rag
         self.limit = limit
-        self.jobs = JobStore(rag.redis, prefix, ttl_s or rag.settings.rag.job_ttl_s, enqueue_grace_s)
+        self.jobs = JobStore(rag.redis, prefix, ttl_s or rag.settings.rag.job_ttl_s, enqueue_grace_s, line_grace_s)
 
     def service(self, enqueue: Callable[[str], None] | None = None) -> IngestService:
         rag = self.rag
@@ -70,10 +80,13 @@ class Private:
         return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
 
     def admitted(self) -> set[str]:
-        return {m.decode() for m in self.redis.zrange(f"{self.prefix}:ingest:admitted", 0, -1)}
+        return self._members("ingest:admitted")
 
     def unconfirmed(self) -> set[str]:
-        return {m.decode() for m in self.redis.zrange(f"{self.prefix}:ingest:enqueuing", 0, -1)}
+        return self._members("ingest:enqueuing")
+
+    def _members(self, key: str) -> set[str]:
+        return {_text(m) for m in self.redis.zrange(f"{self.prefix}:{key}", 0, -1)}
 
     def keys(self, kind: str) -> int:
         return len(self.redis.keys(f"{self.prefix}:{kind}:*"))
@@ -88,8 +101,13 @@ class Private:
 def private(rag: RagServices, key_prefix: str) -> Iterator[Callable[..., Private]]:
     made: list[Private] = []
 
-    def make(limit: int, ttl_s: int | None = None, enqueue_grace_s: float = ENQUEUE_GRACE_S) -> Private:
-        made.append(Private(rag, key_prefix, limit, ttl_s, enqueue_grace_s))
+    def make(
+        limit: int,
+        ttl_s: int | None = None,
+        enqueue_grace_s: float = ENQUEUE_GRACE_S,
+        line_grace_s: float = LINE_GRACE_S,
+    ) -> Private:
+        made.append(Private(rag, key_prefix, limit, ttl_s, enqueue_grace_s, line_grace_s))
         return made[-1]
 
     yield make
@@ -163,6 +181,140 @@ def test_resubmission_while_full_is_answered_with_the_same_job(private: Callable
     assert p.keys(f"idem:{tenant}") == 3
 
 
+def _refused(service: IngestService, tenant: str, name: str) -> BusyError:
+    with pytest.raises(BusyError) as busy:
+        service.submit(tenant, [_doc(name)])
+    return busy.value
+
+
+def _told(busy: BusyError) -> tuple[int, int]:
+    """(refused documents ahead in the line, Retry-After), as the refusal tells them."""
+    ahead = re.search(r"and (\d+) refused documents are ahead of yours", str(busy))
+    assert ahead, str(busy)
+    return int(ahead.group(1)), busy.retry_after_s
+
+
+def _expected_wait(slots: int, interval: float, limit: int) -> float:
+    """The wait for `slots` more job starts at `interval` s each, told shorter beyond the horizon."""
+    wait, horizon = slots * interval, min(limit * interval, HORIZON_MAX_S)
+    return wait if wait <= horizon else horizon * (1 + math.log(wait / horizon))
+
+
+def test_retry_after_grows_with_the_clients_waiting_ahead(private: Callable[..., Private], tenant: str) -> None:
+    p = private(40)
+    service = p.service()
+    service.submit(tenant, [_doc(f"full-{i}") for i in range(40)])
+    assert p.jobs.drain_interval() is None  # no job started yet: one start a second is assumed
+    start = threading.Barrier(30)
+
+    def refuse(i: int) -> BusyError:
+        start.wait()
+        return _refused(service, tenant, f"late-{i}")
+
+    with ThreadPoolExecutor(30) as pool:
+        told = sorted(_told(busy) for busy in pool.map(refuse, range(30)))
+
+    # 30 at once, each with a place of its own, told to come back when the slots of those ahead and its own
+    # have freed (a second each), plus under a slot of jitter: spread out, in the order of the line.
+    assert [ahead for ahead, _ in told] == list(range(30))
+    assert all(ahead + 1 <= retry <= ahead + 2 for ahead, retry in told), told
+    assert p.jobs.waiting() == 40 and p.keys("jobdata") == 40
+
+
+def test_retry_after_follows_the_pace_jobs_start_at(private: Callable[..., Private], tenant: str) -> None:
+    p = private(20)
+    service = p.service()
+    waiting = service.submit(tenant, [_doc(f"full-{i}") for i in range(20)])
+    for job in waiting[:3]:
+        p.jobs.started(job.job_id)
+        time.sleep(0.5)
+    p.jobs.started(waiting[3].job_id)
+    interval = p.jobs.drain_interval()
+    assert interval is not None and 0.5 <= interval < 0.75  # the gaps between starts while jobs waited
+
+    service.submit(tenant, [_doc(f"refill-{i}") for i in range(4)])
+    told = [_told(_refused(service, tenant, f"late-{i}")) for i in range(10)]
+    for ahead, retry in told:
+        wait = _expected_wait(ahead + 1, interval, 20)
+        assert math.ceil(wait) <= retry <= math.ceil(wait + interval), (ahead, retry, interval)
+    assert told[-1] == (9, told[-1][1]) and told[-1][1] < 10  # a second a start, unmeasured, would say 10-11
+
+
+def test_a_client_far_back_is_told_to_come_back_before_its_turn(private: Callable[..., Private], tenant: str) -> None:
+    p = private(5)
+    service = p.service()
+    service.submit(tenant, [_doc(f"full-{i}") for i in range(5)])
+    told = [_told(_refused(service, tenant, f"late-{i}")) for i in range(30)]
+    # At a second a start, the 5 waiting jobs last 5 s. A wait past that is told shorter, growing with its
+    # log: the client is told again then, at the pace measured meanwhile.
+    assert told[4] == (4, 6)
+    assert told[29][0] == 29 and 14 <= told[29][1] <= 15  # 5 * (1 + ln 6) = 13.96, not 30
+    for ahead, retry in told:
+        wait = _expected_wait(ahead + 1, 1.0, 5)
+        assert math.ceil(wait) <= retry <= math.ceil(wait + 1.0)
+
+
+def test_a_refused_client_that_comes_back_keeps_its_place(private: Callable[..., Private], tenant: str) -> None:
+    p = private(3)
+    service = p.service()
+    waiting = service.submit(tenant, [_doc(f"full-{i}") for i in range(3)])
+    for i in range(5):
+        assert _told(_refused(service, tenant, f"late-{i}"))[0] == i
+
+    assert _told(_refused(service, tenant, "late-3"))[0] == 3  # back too early: still 3 ahead, not sent to the back
+    assert _told(_refused(service, tenant, "newcomer"))[0] == 5
+
+    p.jobs.started(waiting[0].job_id)
+    p.jobs.started(waiting[1].job_id)
+    admitted = service.submit(tenant, [_doc("late-0")]) + service.submit(tenant, [_doc("late-1")])
+    # The admitted left the line: those behind them moved up.
+    assert _told(_refused(service, tenant, "late-3"))[0] == 1
+    assert _told(_refused(service, tenant, "newcomer"))[0] == 3
+    assert p.admitted() == {waiting[2].job_id} | {j.job_id for j in admitted}
+
+
+def test_a_newcomer_does_not_take_the_slot_of_a_client_in_line(private: Callable[..., Private], tenant: str) -> None:
+    p = private(2)
+    service = p.service()
+    waiting = service.submit(tenant, [_doc("one"), _doc("two")])
+    _refused(service, tenant, "first")
+
+    p.jobs.started(waiting[0].job_id)  # a slot frees: the one "first" was told to come back for
+    assert _told(_refused(service, tenant, "second"))[0] == 1
+    [first] = service.submit(tenant, [_doc("first")])
+    assert _told(_refused(service, tenant, "second"))[0] == 0
+
+    p.jobs.started(waiting[1].job_id)
+    [second] = service.submit(tenant, [_doc("second")])
+    assert p.admitted() == {first.job_id, second.job_id}
+    assert sorted(p.queued_job_ids()) == sorted(j.job_id for j in [*waiting, first, second])
+
+
+def test_a_client_that_gave_up_stops_holding_its_place(private: Callable[..., Private], tenant: str) -> None:
+    p = private(1, line_grace_s=1.0)
+    service = p.service()
+    service.submit(tenant, [_doc("one")])
+    gone = _refused(service, tenant, "gives-up")
+    assert _told(_refused(service, tenant, "stays")) == (1, 3)
+
+    time.sleep(gone.retry_after_s + 1.0 + 0.5)  # past its retry and the grace; "stays" is still within its own
+    assert _told(_refused(service, tenant, "newcomer"))[0] == 1
+    assert _told(_refused(service, tenant, "stays"))[0] == 0
+
+
+def test_the_wait_told_grows_while_no_job_starts(private: Callable[..., Private], tenant: str) -> None:
+    p = private(1)
+    service = p.service()
+    service.submit(tenant, [_doc("stuck")])  # no worker: it never starts
+    assert _told(_refused(service, tenant, "waits")) in {(0, 1), (0, 2)}
+
+    time.sleep(3.0)
+    ahead, retry = _told(_refused(service, tenant, "waits"))
+    # Nothing started for 3 s, longer than the pace allows: the workers are stalled, and the wait told
+    # grows with the stall rather than have the line poll a queue that does not move.
+    assert ahead == 0 and retry >= 4
+
+
 def test_job_that_cannot_be_queued_is_withdrawn_and_frees_its_slot(
     private: Callable[..., Private], tenant: str
 ) -> None:
@@ -170,10 +322,6 @@ def test_job_that_cannot_be_queued_is_withdrawn_and_frees_its_slot(
     # A broker nobody listens on: publishing fails for real (connection refused), without the usual retries.
     dead = QueueClient(p.settings, f"redis://127.0.0.1:{free_port()}/0")
     dead.app.conf.task_publish_retry = False
-    dead.app.conf.result_backend_transport_options = {
-        **dead.app.conf.result_backend_transport_options,
-        "retry_policy": {"max_retries": 0},
-    }
     brokers = iter([p.queue.enqueue_ingest, dead.enqueue_ingest, dead.enqueue_ingest])
 
     def enqueue(job_id: str) -> None:  # the broker goes away after the first document
@@ -191,7 +339,7 @@ def test_job_that_cannot_be_queued_is_withdrawn_and_frees_its_slot(
     [kept] = p.queued_job_ids()
     assert p.admitted() == {kept} and p.unconfirmed() == set()
     assert p.keys(f"idem:{tenant}") == 1
-    jobs = [p.jobs.load(key.decode().rsplit(":", 1)[1]) for key in p.redis.keys(f"{p.prefix}:job:*")]
+    jobs = [p.jobs.load(_text(key).rsplit(":", 1)[1]) for key in p.redis.keys(f"{p.prefix}:job:*")]
     failed = [j for j in jobs if j.job_id != kept]
     assert [(j.state, j.error) for j in failed] == [(JobState.FAILED, "could not be queued")] * 2
 
@@ -214,6 +362,9 @@ def test_a_worker_starting_a_job_frees_its_slot(
         done = wait_jobs(p.services(), tenant, waiting)
         assert [j.state for j in done] == [JobState.DONE] * 2
         assert p.jobs.waiting() == 0
+        # The second job waited while the first ran: the gap between their starts is the workers' pace.
+        interval = p.jobs.drain_interval()
+        assert interval is not None and 0 < interval < max(j.updated_at for j in done) - waiting[0].created_at
         [third] = service.submit(tenant, [_doc("three")])
         [third] = wait_jobs(p.services(), tenant, [third])
         assert third.state == JobState.DONE and p.admitted() == p.unconfirmed() == set()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from pathlib import Path
 
 import httpx
+import pytest
+import redis
+from kombu.exceptions import OperationalError
 
-from core.settings import Settings
-from tests.conftest import WorkerHandle
+from core.settings import RedisSettings, Settings
+from orchestrion.launcher import services
+from orchestrion.launcher.ports import PortBook
+from orchestrion.launcher.supervisor import launch
+from tests.conftest import CONSOLE, WorkerHandle, free_port
 from workers.app import create_celery_app, queue_depth
+from workers.client import QueueClient
 
 
 def test_task_runs_on_a_real_worker_and_returns_its_result(celery_worker: WorkerHandle) -> None:
@@ -40,7 +49,7 @@ def test_delivery_settings_are_at_least_once_and_json_only(celery_worker: Worker
 
 def test_queue_depth_counts_waiting_tasks(valkey: str, key_prefix: str) -> None:
     # A prefix no worker consumes: the tasks stay queued and must all be counted.
-    app = create_celery_app(Settings(redis={"url": valkey, "key_prefix": key_prefix}), valkey)
+    app = create_celery_app(Settings(redis=RedisSettings(url=valkey, key_prefix=key_prefix)), valkey)
     assert queue_depth(app, "ingest") == 0
     for i in range(3):
         app.send_task("orchestrion.ingest.document", args=[i])
@@ -63,3 +72,37 @@ def test_worker_exports_task_metrics(celery_worker: WorkerHandle) -> None:
     assert 'state="SUCCESS"' in line and float(line.rsplit(" ", 1)[1]) >= 1
     assert 'orchestrion_queue_depth{queue="ingest"}' in body
     assert "orchestrion_celery_task_duration_seconds_bucket" in body
+
+
+def test_producer_fails_fast_while_redis_is_down_and_publishes_again_once_it_is_back(
+    tmp_path: Path, key_prefix: str
+) -> None:
+    # A Valkey of this test's own, stopped and started again on the same port and data dir; on any free port,
+    # not the usual 6379, which another stack on this machine may take while this one is down.
+    book = PortBook(tmp_path)
+    book.prefer("redis", free_port())
+    book.save()
+    spec = services.redis_spec(Settings(data_dir=tmp_path), PortBook(tmp_path))
+    url = spec.urls["redis_url"]
+    queue = QueueClient(Settings(redis=RedisSettings(url=url, key_prefix=key_prefix)), url)
+    valkey = launch(spec, tmp_path / "logs", CONSOLE)
+    try:
+        queue.enqueue_ingest("before")
+        valkey.stop()
+
+        for attempt in range(2):
+            started = time.monotonic()
+            with pytest.raises(OperationalError):
+                queue.enqueue_ingest(f"during-{attempt}")
+            # The publish's own few retries, not (from the second on) ~19 s of reconnecting to a result store
+            # nobody reads, ending in a RuntimeError that says the application must be restarted.
+            assert time.monotonic() - started < 5
+
+        valkey = launch(spec, tmp_path / "logs", CONSOLE)
+        queue.enqueue_ingest("after")
+        assert queue.ingest_depth() == 2  # "before" survived the restart (AOF), "after" went out
+        with redis.Redis.from_url(url) as client:
+            assert client.pubsub_channels() == []  # the producer waits on no task's result
+    finally:
+        valkey.stop()
+        queue.app.close()
