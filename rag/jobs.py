@@ -38,10 +38,14 @@ ENQUEUE_GRACE_S = 60.0
 # the line goes, so it stops holding back the clients behind it and new ones.
 LINE_GRACE_S = 30.0
 RETRY_AFTER_MAX_S = 300
-# A wait is told from the pace measured when it is told, and the client sleeps through it. Beyond the time
-# the admitted jobs last at that pace (if it is half the real one, they run dry then), and beyond this, a
-# wait is told shorter, growing with its log: a client far back comes back early and is told again, at the
-# pace measured meanwhile, rather than sleep through its turn while the workers idle.
+# A wait is told from the pace measured when it is told, and the client sleeps through it. That pace may be
+# stale (measured in an earlier busy spell: other documents, cold workers) until jobs have waited a while
+# without a break, so a wait is told as it is only up to a horizon: twice that while (at least
+# HORIZON_MIN_S), at most the time the admitted jobs last at the pace (if it is half the real one, they run
+# dry then), at most HORIZON_MAX_S. A longer wait is told shorter, growing with its log: the client comes
+# back early and is told again, at the pace measured meanwhile, rather than sleep through its turn while
+# the workers idle.
+HORIZON_MIN_S = 5.0
 HORIZON_MAX_S = 60.0
 # Weight of the newest gap between job starts in the moving average of the pace (after a plain mean of the
 # first few): a few seconds of starts at the bench's pace.
@@ -56,16 +60,16 @@ _DRAIN_SMOOTHING = 0.2
 #
 # KEYS: admitted, enqueuing, line, due, line seq, drain, mean job s, then per document: idempotency key,
 # job key, payload key.
-# ARGV: limit, job ttl s, enqueue grace s, job key prefix, line grace s, horizon max s, max wait s, jitter in
-# [0, 1), then per document: job id, job record, payload.
+# ARGV: limit, job ttl s, enqueue grace s, job key prefix, line grace s, horizon min s, horizon max s, max
+# wait s, jitter in [0, 1), then per document: job id, job record, payload.
 # Returns {admitted (1/0), waiting before, new documents, jobs taken over, per document the existing job's
 # record or '' for a new one (empty when refused), retry after s (refused), documents ahead in the line}.
 _ADMIT = """
 local admitted, enqueuing, line, due, line_seq, drain, mean_job = unpack(KEYS, 1, 7)
 local limit, ttl, grace, job_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local line_grace, horizon_max, max_wait, jitter = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]),
-  tonumber(ARGV[8])
-local K, A = 7, 8
+local line_grace, horizon_min, horizon_max = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local max_wait, jitter = tonumber(ARGV[8]), tonumber(ARGV[9])
+local K, A = 7, 9
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 -- A job admitted longer ago than its record lives expired unstarted: its task was lost (a purged queue).
@@ -122,18 +126,21 @@ end
 -- Seconds between job starts while jobs wait (the workers' pace, however many there are), at most a job's
 -- run time: one slot is the slowest live workers drain, and a pace measured in an earlier busy spell may be
 -- stale. Nothing measured yet: a job's run time, else a second.
-local interval = tonumber(redis.call('HGET', drain, 'interval'))
+local pace = redis.call('HMGET', drain, 'interval', 'at', 'busy', 'spell')
+local interval = tonumber(pace[1])
 local job_s = tonumber(redis.call('GET', mean_job))
 if job_s and (not interval or interval > job_s) then interval = job_s end
 interval = math.max(interval or 1.0, 0.001)
 -- No job started, since the oldest waiting job came, for twice as long as a job runs: the workers are
 -- stalled or gone, and the wait grows with the stall, so the line backs off instead of polling.
 local oldest = redis.call('ZRANGE', admitted, 0, 0, 'WITHSCORES')[2]
-local since = now - math.max(tonumber(redis.call('HGET', drain, 'at')) or 0, tonumber(oldest) or now)
+local since = now - math.max(tonumber(pace[2]) or 0, tonumber(oldest) or now)
 if since > 2 * (job_s or interval) then interval = since end
 -- Slots that must free up before this submission fits: the documents ahead of it take them first.
 local wait = (ahead + #new - (limit - waiting)) * interval
-local horizon = math.min(limit * interval, horizon_max)
+-- How long jobs have waited without a break, as starts tell: how much the pace has been checked lately.
+local spell = pace[3] == '1' and now - (tonumber(pace[4]) or now) or 0
+local horizon = math.min(limit * interval, horizon_max, math.max(horizon_min, 2 * spell))
 if wait > horizon then wait = horizon * (1 + math.log(wait / horizon)) end
 local retry = math.max(1, math.min(max_wait, math.ceil(wait + jitter * interval)))
 redis.call('ZADD', due, now + retry, me)
@@ -157,8 +164,9 @@ if busy == '1' then
   interval = interval and (1 - weight) * tonumber(interval) + weight * gap or gap
   redis.call('HSET', drain, 'interval', string.format('%.6f', interval), 'samples', samples)
 end
-local left = redis.call('ZCARD', admitted) > 0 and 1 or 0
-redis.call('HSET', drain, 'at', string.format('%.6f', now), 'busy', left)
+local left = redis.call('ZCARD', admitted) > 0
+if left and busy ~= '1' then redis.call('HSET', drain, 'spell', string.format('%.6f', now)) end
+redis.call('HSET', drain, 'at', string.format('%.6f', now), 'busy', left and 1 or 0)
 return 1
 """
 
@@ -270,8 +278,8 @@ class JobStore:
         for doc_id, key, payload in docs:
             firsts.setdefault(key, (JobStatus(uuid.uuid4().hex, tenant, doc_id, JobState.QUEUED, now, now), payload))
         keys = [self._admitted, self._enqueuing, self._line, self._due, self._line_seq, self._drain, self._mean_job]
-        args: list[bytes | str | float] = [limit, self._ttl, self._grace, self._job_key(""), self._line_grace,
-                                           HORIZON_MAX_S, RETRY_AFTER_MAX_S, random.random()]  # fmt: skip
+        args: list[bytes | str | float] = [limit, self._ttl, self._grace, self._job_key("")]
+        args += [self._line_grace, HORIZON_MIN_S, HORIZON_MAX_S, RETRY_AFTER_MAX_S, random.random()]
         for key, (status, payload) in firsts.items():
             keys += [self._idem_key(tenant, key), self._job_key(status.job_id), self._payload_key(status.job_id)]
             args += [status.job_id, _encode(status), json.dumps(payload.meta).encode() + b"\n" + payload.content]
