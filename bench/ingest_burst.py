@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import statistics
 import threading
@@ -64,6 +65,7 @@ class PhaseResult:
     weaviate_ids: set[str]
     max_waiting: int  # most jobs accepted and not yet started seen (the admitted set, which the limit bounds)
     max_depth: int  # most tasks seen waiting in the broker's ingest list
+    dry_s: float  # time no job waited to start while clients still waited to be accepted
     first_sent: float
     last_accepted: float
     drain_s: float
@@ -205,17 +207,19 @@ async def http_states(url: str, token: str, job_ids: Sequence[str]) -> list[str]
 
 
 @contextmanager
-def depth_sampler(deployment: Deployment, rag: RagServices, every_s: float = 0.05) -> Iterator[list[tuple[int, int]]]:
-    """Samples (jobs accepted and not yet started, broker ingest queue depth) in a thread while the block runs;
-    yields the growing list of samples."""
-    samples: list[tuple[int, int]] = []
+def depth_sampler(
+    deployment: Deployment, rag: RagServices, every_s: float = 0.05
+) -> Iterator[list[tuple[float, int, int]]]:
+    """Samples (monotonic time, jobs accepted and not yet started, broker ingest queue depth) in a thread while
+    the block runs; yields the growing list of samples."""
+    samples: list[tuple[float, int, int]] = []
     stop = threading.Event()
     if deployment.ingest_depth() != deployment.ingest_depth_fast():  # the same key as the metric reads?
         raise RuntimeError("the fast queue-depth probe disagrees with workers.app.queue_depth")
 
     def loop() -> None:
         while not stop.is_set():
-            samples.append((rag.jobs.waiting(), deployment.ingest_depth_fast()))
+            samples.append((time.monotonic(), rag.jobs.waiting(), deployment.ingest_depth_fast()))
             stop.wait(every_s)
 
     thread = threading.Thread(target=loop, name="depth-sampler", daemon=True)
@@ -225,6 +229,13 @@ def depth_sampler(deployment: Deployment, rag: RagServices, every_s: float = 0.0
     finally:
         stop.set()
         thread.join(5)
+
+
+def dry_s(samples: Sequence[tuple[float, int, int]]) -> float:
+    """How long no job waited to start, from the first job admitted to the last client accepted: time the
+    workers may have idled because refused clients came back too late."""
+    first = next((i for i, (_, waiting, _) in enumerate(samples) if waiting), len(samples))
+    return sum(after[0] - sample[0] for sample, after in itertools.pairwise(samples[first:]) if not sample[1])
 
 
 def wait_done(rag: RagServices, tenant: str, job_ids: list[str], label: str, timeout: float) -> list[JobStatus]:
@@ -292,8 +303,9 @@ def run_phase(stack: BenchStack, docs: list[Doc], burst: bool, args: argparse.Na
             jobs,
             states.count("done"),
             *counts,
-            max((waiting for waiting, _ in samples), default=0),
-            max((depth for _, depth in samples), default=0),
+            max((waiting for _, waiting, _ in samples), default=0),
+            max((depth for _, _, depth in samples), default=0),
+            dry_s(samples),
             first,
             last_accepted,
             drain,
@@ -338,6 +350,7 @@ def rows(result: PhaseResult, total_docs: int, limit: int) -> list[tuple[str, ob
         (f"max jobs accepted, not yet started (limit {limit}; sampled every 50 ms)", result.max_waiting),
         ("max tasks in the broker's ingest queue", result.max_depth),
         ("queue bound held", "yes" if bound_held(result, limit) else "NO"),
+        ("no job waiting to start while clients waited to be accepted (s)", result.dry_s),
         ("submit window: first POST -> last accepted (s)", result.last_accepted - result.first_sent),
         ("drain: first POST -> last job DONE (s)", result.drain_s),
         ("worker mean job run time (s, moving average)", result.mean_job_s),
