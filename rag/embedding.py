@@ -194,7 +194,7 @@ def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, se
             f"embedding model {rag.embedding_model!r} needs ORCHESTRION_RAG__EMBEDDING_BASE_URL (an OpenAI-compatible "
             f"endpoint); the only local model is {LOCAL_MODEL}"
         )
-    inner = BatchingEmbedder(inner, rag.embed_batch_size)
+    inner = BatchingEmbedder(inner, rag.query_batch_size if serving else rag.embed_batch_size)
     if client is None or not rag.embedding_cache_ttl_s:
         return inner
     return CachedEmbedder(inner, client, prefix, rag.embedding_cache_ttl_s)
