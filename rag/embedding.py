@@ -33,6 +33,11 @@ class EmbeddingSpec:
     normalized: bool
 
 
+# Known without loading the model: the bundled files are all-MiniLM-L6-v2, 384-d, with a
+# Normalize module (unit vectors).
+LOCAL_SPEC = EmbeddingSpec(LOCAL_MODEL, 384, True)
+
+
 class Embedder(Protocol):
     @property
     def spec(self) -> EmbeddingSpec: ...
@@ -66,9 +71,7 @@ class LocalEmbedder:
 
     @property
     def spec(self) -> EmbeddingSpec:
-        # Known without loading the model: the bundled files are all-MiniLM-L6-v2, 384-d,
-        # with a Normalize module (unit vectors).
-        return EmbeddingSpec(LOCAL_MODEL, 384, True)
+        return LOCAL_SPEC
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:

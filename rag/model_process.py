@@ -46,9 +46,9 @@ class ModelProcessEmbedder:
 
     @property
     def spec(self) -> EmbeddingSpec:
-        from rag.embedding import LocalEmbedder
+        from rag.embedding import LOCAL_SPEC
 
-        return LocalEmbedder().spec  # known without loading the model
+        return LOCAL_SPEC
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
