@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -110,20 +109,11 @@ class ModelProcessEmbedder:
 
 
 def serve_model(conn: Connection, batch_size: int, threads: int) -> None:
-    """The child: load the model, then embed whatever arrives until the parent goes away.
-
-    A lone query gets up to 4 torch threads, a batch `threads`: the dispatcher sends one text
-    only when nothing else is waiting, i.e. when the server has cores to spare, and there two
-    threads cut a query from ~14 to ~8 ms; under load batches form, and one thread per batch
-    is the cheaper use of the cores. Switching costs nothing measurable."""
-    import torch
-
+    """The child: load the model, then embed whatever arrives until the parent goes away."""
     from rag.embedding import LocalEmbedder
 
     model = LocalEmbedder(batch_size, threads)
     model.embed(["warm-up"])
-    batch_threads = threads or torch.get_num_threads()
-    lone_threads = max(batch_threads, min(4, os.cpu_count() or 1))
     gc.freeze()  # see core/heap.py
     conn.send("ready")
     while True:
@@ -132,7 +122,6 @@ def serve_model(conn: Connection, batch_size: int, threads: int) -> None:
         except (EOFError, OSError):  # the parent closed the pipe or died: nothing left to serve
             return
         try:
-            torch.set_num_threads(lone_threads if len(texts) == 1 else batch_threads)
             vectors = np.asarray(model.vectors(texts), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - sent to the caller, which raises it
             conn.send(f"{type(exc).__name__}: {exc}")
