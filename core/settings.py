@@ -189,7 +189,14 @@ class RagSettings(BaseModel):
     ingest_embed_threads: int = Field(
         default=0, ge=0, description="Torch threads of the local embedding model in ingest workers (0 = one per core)."
     )
-    embedding_cache_ttl_s: int = Field(default=30 * 24 * 3600, ge=0, description="Embedding cache lifetime; 0 = none.")
+    embedding_cache_ttl_s: int = Field(
+        default=30 * 24 * 3600, ge=0, description="Lifetime of the Redis embedding cache (ingest); 0 = none."
+    )
+    query_cache_entries: int = Field(
+        default=4096,
+        ge=0,
+        description="Query vectors each API or MCP server process keeps in memory for repeated queries; 0 = none.",
+    )
     chunk_tokens: int = Field(default=200, ge=16, description="Target chunk size in embedding-model tokens.")
     chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
     max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest document accepted.")

@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -165,16 +166,54 @@ class CachedEmbedder:
         ]
 
 
+class MemoryCachedEmbedder:
+    """The servers' query cache: the last `entries` texts' vectors, in this process.
+
+    Not Redis, as ingest uses: a query is embedded once and rarely seen again, except when a
+    client repeats it soon (an agent retrying, a user paging), which this catches. Through
+    Redis every query paid two round trips and their Python (~0.5 ms of CPU, ~1 ms of latency
+    on a 2-core machine), against a ~12 ms model call saved only on a repeat."""
+
+    def __init__(self, inner: Embedder, entries: int) -> None:
+        self.inner = inner
+        self._entries = entries
+        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def spec(self) -> EmbeddingSpec:
+        return self.inner.spec
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        with self._lock:
+            found = {i: self._vectors.get(t) for i, t in enumerate(texts)}
+            for text in texts:
+                if text in self._vectors:
+                    self._vectors.move_to_end(text)
+        missing = [i for i, vector in found.items() if vector is None]
+        fresh = self.inner.embed([texts[i] for i in missing]) if missing else []
+        with self._lock:
+            for i, vector in zip(missing, fresh, strict=True):
+                found[i] = self._vectors[texts[i]] = vector
+            while len(self._vectors) > self._entries:
+                self._vectors.popitem(last=False)
+            self.hits += len(texts) - len(missing)
+            self.misses += len(missing)
+        return [cast(list[float], found[i]) for i in range(len(texts))]
+
+
 def warm_up(embedder: Embedder) -> None:
-    """Load the model now rather than on the first request. Past the cache: after the first
-    start it holds the warm-up text's vector and would answer without the model."""
-    while isinstance(embedder, CachedEmbedder):
+    """Load the model now rather than on the first request. Past the caches: after the first
+    start Redis holds the warm-up text's vector and would answer without the model."""
+    while isinstance(embedder, CachedEmbedder | MemoryCachedEmbedder):
         embedder = embedder.inner
     embedder.embed(["warm-up"])
 
 
 def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, serving: bool = False) -> Embedder:
-    """The configured embedder, behind the Redis cache when a client is given.
+    """The configured embedder, behind a cache: Redis when a client is given, in-process when `serving`.
 
     `serving`: this process answers concurrent requests (the API and MCP servers), so the local
     model embeds queries with `query_embed_threads`, in a child process when `query_model_process`
@@ -198,6 +237,8 @@ def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, se
             f"endpoint); the only local model is {LOCAL_MODEL}"
         )
     inner = BatchingEmbedder(inner, rag.query_batch_size if serving else rag.embed_batch_size)
+    if serving:
+        return MemoryCachedEmbedder(inner, rag.query_cache_entries) if rag.query_cache_entries else inner
     if client is None or not rag.embedding_cache_ttl_s:
         return inner
     return CachedEmbedder(inner, client, prefix, rag.embedding_cache_ttl_s)

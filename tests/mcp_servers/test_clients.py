@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from mcp import Client
 
@@ -15,6 +16,7 @@ from core.settings import Settings
 from rag.services import RagServices
 from tests.conftest import ApiServer
 from tests.mcp_client import call, http, stdio, text_of
+from tests.otlp_receiver import OtlpReceiver
 from tests.rag.helpers import GUIDE, ingest_text
 
 INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
@@ -72,6 +74,37 @@ def test_bad_tool_input_is_a_clear_tool_error(rag: RagServices, tenant: str, api
     assert binary.is_error and "unsupported" in text_of(binary)
     assert bad_filter.is_error and "unknown filter field 'password'" in text_of(bad_filter)
     assert both.is_error and "exactly one of content and content_base64" in text_of(both)
+
+
+def test_mcp_calls_are_counted_and_traced_and_oauth_metadata_still_served(
+    rag: RagServices, tenant: str, api_server: ApiServer, otlp: OtlpReceiver
+) -> None:
+    """/mcp is served past FastAPI's stack (api/app.py McpFastPath): what that stack gave it must remain."""
+    before, earlier_spans = _mcp_posts(api_server.url), len(otlp.spans)
+    token = rag.registry.issue_token(tenant)
+
+    [found] = call(http(f"{api_server.url}/mcp", token), [("search_documents", {"query": "x"})])
+
+    assert not found.is_error, text_of(found)
+    assert _mcp_posts(api_server.url) > before
+    metadata = httpx.get(f"{api_server.url}/.well-known/oauth-protected-resource/mcp", timeout=10)
+    assert metadata.status_code == 200 and metadata.json()["resource"] == f"{api_server.url}/mcp"
+    # Spans arrive in batches, and an earlier test's may arrive after `earlier_spans`: so any new
+    # search span will do, as long as its children hang under it.
+    [weaviate, *_] = otlp.wait_for(lambda s: s.name == "weaviate query" and s in otlp.spans[earlier_spans:])
+    [tool] = otlp.wait_for(lambda s: s.span_id == weaviate.parent_span_id)  # it ends last: maybe a later batch
+    assert (tool.name, tool.service, tool.trace_id) == (
+        "tools/call search_documents",
+        "orchestrion-api",
+        weaviate.trace_id,
+    )
+    assert {s.name for s in otlp.spans if s.parent_span_id == tool.span_id} == {"embed query", "weaviate query"}
+
+
+def _mcp_posts(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    line = 'orchestrion_http_requests_total{method="POST",route="/mcp",status="200"} '
+    return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
 from core.errors import EmbeddingMismatchError
-from rag.embedding import CachedEmbedder, EmbeddingSpec, LocalEmbedder, OpenAICompatibleEmbedder
+from rag.embedding import CachedEmbedder, EmbeddingSpec, LocalEmbedder, MemoryCachedEmbedder, OpenAICompatibleEmbedder
 from rag.reindex import reindex_tenant
 from rag.search import SearchRequest, search
 from rag.services import RagServices
@@ -75,3 +75,35 @@ def test_embedding_cache_serves_repeats_from_redis(rag: RagServices, key_prefix:
     assert all(abs(a - b) < 1e-6 for v, w in zip(first, second, strict=True) for a, b in zip(v, w, strict=True))
     assert len(first[0]) == 384
     assert abs(sum(x * x for x in first[0]) - 1.0) < 1e-3  # unit vectors, as the spec records
+
+
+class CountingEmbedder:
+    """Records what reaches the model; a vector is (text length, number of the call that made it)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.calls = 0
+
+    @property
+    def spec(self) -> EmbeddingSpec:
+        return EmbeddingSpec("counting", 2, True)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.seen += texts
+        self.calls += 1
+        return [[float(len(t)), float(self.calls)] for t in texts]
+
+
+def test_query_cache_answers_repeats_in_memory_and_forgets_the_least_recently_used() -> None:
+    model = CountingEmbedder()
+    cache = MemoryCachedEmbedder(model, entries=2)
+
+    first = cache.embed(["a", "bb"])
+    repeat = cache.embed(["bb", "a"])
+    cache.embed(["a", "ccc"])  # "a" was just used: "bb" is the one forgotten
+    last = cache.embed(["a", "bb", "ccc"])
+
+    assert repeat == [first[1], first[0]]  # from memory, in the caller's order
+    assert model.seen == ["a", "bb", "ccc", "bb"]
+    assert last == [[1.0, 1.0], [2.0, 3.0], [3.0, 2.0]]
+    assert (cache.hits, cache.misses) == (5, 4)

@@ -16,7 +16,7 @@ import pytest
 from core.errors import OrchestrionError
 from core.settings import RagSettings
 from rag.batching import BatchingEmbedder
-from rag.embedding import LocalEmbedder, build_embedder
+from rag.embedding import LocalEmbedder, MemoryCachedEmbedder, build_embedder
 from rag.model_process import ModelProcessEmbedder
 
 TEXTS = ["how are refunds handled after a timeout?", "the retry policy of the payment service"]
@@ -98,12 +98,16 @@ def test_the_child_exits_when_its_parent_dies_without_closing_it() -> None:
 def test_servers_embed_in_a_model_process_in_small_batches_and_workers_in_process() -> None:
     settings = RagSettings()
 
-    serving = build_embedder(settings, None, "p", serving=True)
+    cached = build_embedder(settings, None, "p", serving=True)
     batch = build_embedder(settings, None, "p")
 
+    assert isinstance(cached, MemoryCachedEmbedder)  # servers cache queries in memory, not in Redis
+    serving = cached.inner
     assert isinstance(serving, BatchingEmbedder) and isinstance(serving._inner, ModelProcessEmbedder)
     assert serving._max_batch == settings.query_batch_size < settings.embed_batch_size
     assert isinstance(batch, BatchingEmbedder) and isinstance(batch._inner, LocalEmbedder)
     assert batch._max_batch == settings.embed_batch_size
-    in_process = build_embedder(settings.model_copy(update={"query_model_process": False}), None, "p", serving=True)
+    in_process = build_embedder(
+        settings.model_copy(update={"query_model_process": False, "query_cache_entries": 0}), None, "p", serving=True
+    )
     assert isinstance(in_process, BatchingEmbedder) and isinstance(in_process._inner, LocalEmbedder)
