@@ -121,6 +121,8 @@ def serve(
         port=port or settings.server.port,
         log_config=None,
         access_log=False,
+        loop="uvloop",  # uvicorn's production choices: the event loop and HTTP parsing in C
+        http="httptools",
     )
 
 

@@ -37,6 +37,7 @@ class EmbeddingSpec:
 # Known without loading the model: the bundled files are all-MiniLM-L6-v2, 384-d, with a
 # Normalize module (unit vectors).
 LOCAL_SPEC = EmbeddingSpec(LOCAL_MODEL, 384, True)
+FEW_TEXTS = 8  # up to this many, one padded forward pass beats encode()'s length-sorted batches
 
 
 class Embedder(Protocol):
@@ -81,9 +82,22 @@ class LocalEmbedder:
 
     def vectors(self, texts: Sequence[str]) -> Any:
         """The model's float32 array, one row per text."""
+        if len(texts) <= FEW_TEXTS:
+            return self._forward(texts)
         return self._loaded().encode(
             list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
         )
+
+    def _forward(self, texts: Sequence[str]) -> Any:
+        """One pass of the model over a few texts (a search's query, a small batch of them). encode()
+        sorts texts by length and batches them, which pays off for many; for a short query its
+        machinery cost ~1.5 of ~17 ms of CPU (bench/RESULTS.md). The vectors are the same: the
+        model's own Normalize module ends the pipeline."""
+        import torch
+
+        model = self._loaded()
+        with torch.inference_mode():
+            return model(model.preprocess(list(texts)))["sentence_embedding"].numpy()
 
 
 class OpenAICompatibleEmbedder:
