@@ -103,10 +103,14 @@ def test_whole_worker_crash_job_is_redelivered_to_the_next_worker(
         [job] = crash_rag.ingest.submit(tenant, [Submission(_long_document(40), "long.md")])
         _wait_embedding(crash_rag, tenant, job)
         os.killpg(first.pid, signal.SIGKILL)  # the machine or container dies: no shutdown, no ack
+        killed = time.monotonic()
         first.stop()
         second, _ = start_worker(env, tmp_path, concurrency=1)
 
         _assert_complete_without_duplicates(crash_rag, tenant, job)
+        # Back after the 40 s visibility timeout plus one sweep (workers/app.py), then a few seconds
+        # of work: kombu's default sweep alone would take it past 100 s.
+        assert time.monotonic() - killed < 90
     finally:
         first.stop()
         if second is not None:

@@ -45,6 +45,9 @@ def test_delivery_settings_are_at_least_once_and_json_only(celery_worker: Worker
     assert conf.worker_prefetch_multiplier == 1
     assert conf.accept_content == ["json"]
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    # a dead worker's task comes back within seconds of its visibility timeout, not kombu's ~100 s
+    options = conf.broker_transport_options
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 10
 
 
 def test_queue_depth_counts_waiting_tasks(valkey: str, key_prefix: str) -> None:
