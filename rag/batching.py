@@ -36,6 +36,9 @@ class BatchingEmbedder:
     def spec(self) -> EmbeddingSpec:
         return self._inner.spec
 
+    def close(self) -> None:
+        self._inner.close()  # the dispatcher thread stays, idle, for a later call
+
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []

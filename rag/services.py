@@ -35,6 +35,7 @@ class RagServices:
     activity: TenantActivity
 
     def close(self) -> None:
+        self.embedder.close()  # in servers: ends the model's child process now, not at exit
         self.weaviate.close()
         self.redis.close()
 

@@ -93,6 +93,9 @@ class CountingEmbedder:
         self.calls += 1
         return [[float(len(t)), float(self.calls)] for t in texts]
 
+    def close(self) -> None:
+        pass
+
 
 def test_query_cache_answers_repeats_in_memory_and_forgets_the_least_recently_used() -> None:
     model = CountingEmbedder()

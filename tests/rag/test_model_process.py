@@ -122,3 +122,19 @@ def test_servers_embed_in_a_model_process_in_small_batches_and_workers_in_proces
         settings.model_copy(update={"query_model_process": False, "query_cache_entries": 0}), None, "p", serving=True
     )
     assert isinstance(in_process, BatchingEmbedder) and isinstance(in_process._inner, LocalEmbedder)
+
+
+def test_closing_a_servers_embedder_ends_its_model_process_and_a_later_call_starts_one() -> None:
+    cached = build_embedder(RagSettings(), None, "p", serving=True)  # what RagServices.close() closes
+    assert isinstance(cached, MemoryCachedEmbedder) and isinstance(cached.inner, BatchingEmbedder)
+    child = cached.inner._inner
+    assert isinstance(child, ModelProcessEmbedder)
+    cached.embed(TEXTS[:1])
+    first = _child_pid(child)
+
+    cached.close()
+
+    assert _gone(first)
+    assert len(cached.embed(TEXTS[1:])[0]) == 384
+    assert _child_pid(child) != first
+    cached.close()
