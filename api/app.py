@@ -56,7 +56,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, recording_send)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", None) or ("/mcp" if scope["path"].startswith("/mcp") else "other")
+            template = getattr(route, "path", None) or (MCP_PATH if scope["path"].startswith(MCP_PATH) else "other")
             HTTP_REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
             HTTP_LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
 

@@ -154,58 +154,12 @@ def _unit(vector: Sequence[float]) -> list[float]:
     return [x / norm for x in vector]
 
 
-class CachedEmbedder:
-    """Looks up each text's vector by (model, SHA-256 of the text) before embedding it."""
+class CachingEmbedder:
+    """A cache in front of an embedder: each text is looked up, only the missing ones are embedded
+    (in one call) and stored. Subclasses say where vectors live."""
 
-    def __init__(self, inner: Embedder, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+    def __init__(self, inner: Embedder) -> None:
         self.inner = inner
-        self._redis = client
-        self._prefix = f"{prefix}:emb:{inner.spec.model}:{inner.spec.dimension}:"
-        self._ttl = ttl_s or None
-        self.hits = 0
-        self.misses = 0
-
-    @property
-    def spec(self) -> EmbeddingSpec:
-        return self.inner.spec
-
-    def close(self) -> None:
-        self.inner.close()  # the Redis client is its owner's to close
-
-    def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        if not texts:
-            return []
-        keys = [self._prefix + hashlib.sha256(t.encode()).hexdigest() for t in texts]
-        cached = self._redis.mget(keys)
-        missing = [i for i, raw in enumerate(cached) if raw is None]
-        fresh = self.inner.embed([texts[i] for i in missing]) if missing else []
-        if fresh:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for i, vector in zip(missing, fresh, strict=True):
-                    pipe.set(keys[i], np.asarray(vector, dtype=np.float32).tobytes(), ex=self._ttl)
-                pipe.execute()
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
-        by_index = dict(zip(missing, fresh, strict=True))
-        return [
-            by_index[i] if raw is None else np.frombuffer(cast(bytes, raw), dtype=np.float32).astype(float).tolist()
-            for i, raw in enumerate(cached)
-        ]
-
-
-class MemoryCachedEmbedder:
-    """The servers' query cache: the last `entries` texts' vectors, in this process.
-
-    Not Redis, as ingest uses: a query is embedded once and rarely seen again, except when a
-    client repeats it soon (an agent retrying, a user paging), which this catches. Through
-    Redis every query paid two round trips and their Python (~0.5 ms of CPU, ~1 ms of latency
-    on a 2-core machine), against a ~12 ms model call saved only on a repeat."""
-
-    def __init__(self, inner: Embedder, entries: int) -> None:
-        self.inner = inner
-        self._entries = entries
-        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
-        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -217,27 +171,84 @@ class MemoryCachedEmbedder:
         self.inner.close()
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        found = self._lookup(texts)
+        missing = [i for i, vector in enumerate(found) if vector is None]
+        if missing:
+            fresh = self.inner.embed([texts[i] for i in missing])
+            self._store([texts[i] for i in missing], fresh)
+            for i, vector in zip(missing, fresh, strict=True):
+                found[i] = vector
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        return cast(list[list[float]], found)
+
+    def _lookup(self, texts: Sequence[str]) -> list[list[float] | None]:
+        raise NotImplementedError
+
+    def _store(self, texts: Sequence[str], vectors: Sequence[list[float]]) -> None:
+        raise NotImplementedError
+
+
+class CachedEmbedder(CachingEmbedder):
+    """Looks up each text's vector in Redis by (model, SHA-256 of the text) before embedding it."""
+
+    def __init__(self, inner: Embedder, client: redis.Redis, prefix: str, ttl_s: int) -> None:
+        super().__init__(inner)
+        self._redis = client  # its owner's to close
+        self._prefix = f"{prefix}:emb:{inner.spec.model}:{inner.spec.dimension}:"
+        self._ttl = ttl_s or None
+
+    def _key(self, text: str) -> str:
+        return self._prefix + hashlib.sha256(text.encode()).hexdigest()
+
+    def _lookup(self, texts: Sequence[str]) -> list[list[float] | None]:
+        return [
+            None if raw is None else np.frombuffer(cast(bytes, raw), dtype=np.float32).astype(float).tolist()
+            for raw in self._redis.mget([self._key(t) for t in texts])
+        ]
+
+    def _store(self, texts: Sequence[str], vectors: Sequence[list[float]]) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for text, vector in zip(texts, vectors, strict=True):
+                pipe.set(self._key(text), np.asarray(vector, dtype=np.float32).tobytes(), ex=self._ttl)
+            pipe.execute()
+
+
+class MemoryCachedEmbedder(CachingEmbedder):
+    """The servers' query cache: the last `entries` texts' vectors, in this process.
+
+    Not Redis, as ingest uses: a query is embedded once and rarely seen again, except when a
+    client repeats it soon (an agent retrying, a user paging), which this catches. Through
+    Redis every query paid two round trips and their Python (~0.5 ms of CPU, ~1 ms of latency
+    on a 2-core machine), against a ~12 ms model call saved only on a repeat."""
+
+    def __init__(self, inner: Embedder, entries: int) -> None:
+        super().__init__(inner)
+        self._entries = entries
+        self._vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _lookup(self, texts: Sequence[str]) -> list[list[float] | None]:
         with self._lock:
-            found = {i: self._vectors.get(t) for i, t in enumerate(texts)}
+            found = [self._vectors.get(t) for t in texts]
             for text in texts:
                 if text in self._vectors:
                     self._vectors.move_to_end(text)
-        missing = [i for i, vector in found.items() if vector is None]
-        fresh = self.inner.embed([texts[i] for i in missing]) if missing else []
+        return found
+
+    def _store(self, texts: Sequence[str], vectors: Sequence[list[float]]) -> None:
         with self._lock:
-            for i, vector in zip(missing, fresh, strict=True):
-                found[i] = self._vectors[texts[i]] = vector
+            self._vectors.update(zip(texts, vectors, strict=True))
             while len(self._vectors) > self._entries:
                 self._vectors.popitem(last=False)
-            self.hits += len(texts) - len(missing)
-            self.misses += len(missing)
-        return [cast(list[float], found[i]) for i in range(len(texts))]
 
 
 def warm_up(embedder: Embedder) -> None:
     """Load the model now rather than on the first request. Past the caches: after the first
     start Redis holds the warm-up text's vector and would answer without the model."""
-    while isinstance(embedder, CachedEmbedder | MemoryCachedEmbedder):
+    while isinstance(embedder, CachingEmbedder):
         embedder = embedder.inner
     embedder.embed(["warm-up"])
 
