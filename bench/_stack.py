@@ -27,7 +27,7 @@ from rich.console import Console
 from orchestrion.launcher import services
 from orchestrion.launcher.ports import PortBook
 from orchestrion.launcher.process import ManagedProcess
-from orchestrion.launcher.supervisor import launch
+from orchestrion.launcher.supervisor import launch, launch_together
 from rag.services import RagServices
 from tests.conftest import free_port, settings_from, start_worker  # also drops REDIS_URL & co. from os.environ
 from workers.client import QueueClient
@@ -99,8 +99,9 @@ class BenchStack:
         raise_open_files_limit(self.console)
         settings = settings_from(self._base_env("unused"))
         ports = PortBook(self.root)
-        for spec in (services.redis_spec(settings, ports), services.weaviate_spec(settings, ports, self.console)):
-            self.services.append(launch(spec, self.logs, self.console))
+        specs = [services.redis_spec(settings, ports), services.weaviate_spec(settings, ports, self.console)]
+        self.services += launch_together(specs, self.logs, self.console)
+        for spec in specs:
             self.urls.update(spec.urls)
 
     def _base_env(self, prefix: str) -> dict[str, str]:

@@ -291,7 +291,7 @@ def run_phase(stack: BenchStack, docs: list[Doc], burst: bool, args: argparse.Na
         jobs = wait_done(rag, tenant, job_ids, f"{name}: draining", args.timeout)
         cpu_after = stack.cpu_by_role()
         cpu = {role: cpu_after[role] - cpu_before[role] for role in cpu_after}
-        mean_job = float(rag.redis.get(f"{deployment.prefix}:ingest:mean_job_s") or "nan")
+        mean_job = rag.jobs.mean_job_seconds() or float("nan")
         drain_interval = rag.jobs.drain_interval() or float("nan")
         states = asyncio.run(http_states(deployment.api_url, token, job_ids))
         first = min(o.first_sent for o in outcomes)

@@ -397,7 +397,9 @@ LATENCY_HEADERS = [
 RATIO_HEADERS = [
     "clients",
     "p99 mcp/raw+emb",
+    "p99 added ms",
     "p50 mcp/raw+emb",
+    "p50 added ms",
     "mean mcp/raw+emb",
     "p99 mcp/raw-vec",
     "req/s mcp/raw+emb",
@@ -430,11 +432,13 @@ def latency_row(r: PathResult) -> tuple[object, ...]:
 def ratio_row(mcp: PathResult, emb: PathResult, vec: PathResult) -> tuple[object, ...]:
     met = mcp.p(99) / emb.p(99) <= TARGET and mcp.errors == 0
     if mcp.asleep:
-        return (mcp.level, *(math.nan,) * 6, f"INVALID: {mcp.asleep} tenants went INACTIVE during the level")
+        return (mcp.level, *(math.nan,) * 8, f"INVALID: {mcp.asleep} tenants went INACTIVE during the level")
     return (
         mcp.level,
         mcp.p(99) / emb.p(99),
+        mcp.p(99) - emb.p(99),
         mcp.p(50) / emb.p(50),
+        mcp.p(50) - emb.p(50),
         mcp.client_ms / emb.client_ms,
         mcp.p(99) / vec.p(99),
         mcp.throughput / emb.throughput,

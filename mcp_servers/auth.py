@@ -32,4 +32,7 @@ def auth_settings(base_url: str) -> AuthSettings:
         issuer_url=AnyHttpUrl(base_url),
         resource_server_url=AnyHttpUrl(f"{base_url}/mcp"),
         required_scopes=["orchestrion"],
+        # The verifier accepts only tokens this server's registry issued, so it is the audience check: the
+        # tokens carry no RFC 8707 resource indicator for the SDK to compare.
+        validate_token_resource=False,
     )

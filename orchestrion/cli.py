@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.text import Text
 
 from core.errors import OrchestrionError
 from core.settings import Settings, describe_validation_error, get_settings
@@ -38,7 +39,8 @@ def _clear_errors(command: F) -> F:
             console.print(f"[red]error:[/red] {describe_validation_error(exc)}", soft_wrap=True)
             raise typer.Exit(2) from None
         except OrchestrionError as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=False, highlight=False)
+            # The reason is shown as written (it may hold brackets); only the prefix is styled.
+            console.print(Text.assemble(("error:", "red"), f" {exc}"), soft_wrap=True, highlight=False)
             raise typer.Exit(1) from None
 
     return run  # type: ignore[return-value]
@@ -91,10 +93,13 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Celery node name (default: orchestrion@HOST).")] = None,
 ) -> None:
     """Run a Celery worker against the stack of this data dir or REDIS_URL."""
+    from core.stack import resolve_endpoints
+
+    settings = _settings()
+    resolve_endpoints(settings).redis_url  # noqa: B018 - before the slow imports: no stack is said at once
     from observability.logs import configure_logging
     from workers.runner import default_hostname, run_worker
 
-    settings = _settings()
     configure_logging("worker", settings.log_level, settings.server.log_format)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else settings.celery.queues
     run_worker(settings, chosen, concurrency or settings.celery.concurrency, hostname or default_hostname())
@@ -106,15 +111,16 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: ORCHESTRION_SERVER__PORT).")] = None,
 ) -> None:
     """Run the HTTP server: agent API, /healthz, /metrics and the MCP endpoint at /mcp."""
+    from core.stack import resolve_endpoints
+
+    settings = _settings()
+    resolve_endpoints(settings).redis_url  # noqa: B018 - before the slow imports: no stack is said at once
     import uvicorn
 
     from api.app import create_app
-    from core.stack import resolve_endpoints
     from observability.logs import configure_logging
 
-    settings = _settings()
     configure_logging("api", settings.log_level, settings.server.log_format)
-    resolve_endpoints(settings).redis_url  # noqa: B018 - fail now, clearly, if no stack is reachable
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,
@@ -136,16 +142,17 @@ def mcp_command(
     port: Annotated[int | None, typer.Option(help="HTTP port (default: ORCHESTRION_SERVER__MCP_PORT).")] = None,
 ) -> None:
     """Run an MCP server over stdio (Claude Desktop; the local default tenant) or streamable HTTP (IDEs)."""
+    from core.stack import resolve_endpoints
+
+    settings = _settings()
+    resolve_endpoints(settings).redis_url  # noqa: B018 - before the slow imports: no stack is said at once
     import anyio
 
-    from core.stack import resolve_endpoints
     from mcp_servers.context import ServerDeps
     from mcp_servers.server import build_server
     from observability.logs import configure_logging
 
-    settings = _settings()
     configure_logging("mcp", settings.log_level, settings.server.log_format)  # stderr: stdout is the protocol
-    resolve_endpoints(settings).redis_url  # noqa: B018 - fail now, clearly, if no stack is reachable
     if http:
         chosen = port or settings.server.mcp_port
         host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host

@@ -128,7 +128,7 @@ end
 -- stale. Nothing measured yet: a job's run time, else a second.
 local pace = redis.call('HMGET', drain, 'interval', 'at', 'busy', 'spell')
 local interval = tonumber(pace[1])
-local job_s = tonumber(redis.call('GET', mean_job))
+local job_s = tonumber(redis.call('HGET', mean_job, 'mean'))
 if job_s and (not interval or interval > job_s) then interval = job_s end
 interval = math.max(interval or 1.0, 0.001)
 -- No job started, since the oldest waiting job came, for twice as long as a job runs: the workers are
@@ -169,6 +169,19 @@ if left and busy ~= '1' then redis.call('HSET', drain, 'spell', string.format('%
 redis.call('HSET', drain, 'at', string.format('%.6f', now), 'busy', left and 1 or 0)
 return 1
 """
+
+# KEYS: job time. ARGV: a job's run time s, smoothing. One script, so concurrent workers' updates all count.
+_JOB_TIME = """
+local mean, samples = unpack(redis.call('HMGET', KEYS[1], 'mean', 'samples'))
+samples = math.min((tonumber(samples) or 0) + 1, 1000)
+local weight = math.max(tonumber(ARGV[2]), 1 / samples)
+local seconds = tonumber(ARGV[1])
+mean = mean and (1 - weight) * tonumber(mean) + weight * seconds or seconds
+redis.call('HSET', KEYS[1], 'mean', string.format('%.6f', mean), 'samples', samples)
+return samples
+"""
+# Weight of the newest run time in the moving average of a job's run time (after a plain mean of the first few).
+_JOB_TIME_SMOOTHING = 0.2
 
 
 class JobState(StrEnum):
@@ -250,13 +263,14 @@ class JobStore:
         self._line_grace = line_grace_s
         self._admit = client.register_script(_ADMIT)
         self._started = client.register_script(_STARTED)
+        self._job_time = client.register_script(_JOB_TIME)
         self._admitted = f"{prefix}:ingest:admitted"
         self._enqueuing = f"{prefix}:ingest:enqueuing"
         self._line = f"{prefix}:ingest:line"
         self._due = f"{prefix}:ingest:line:due"
         self._line_seq = f"{prefix}:ingest:line:seq"
         self._drain = f"{prefix}:ingest:drain"
-        self._mean_job = f"{prefix}:ingest:mean_job_s"
+        self._mean_job = f"{prefix}:ingest:job_time"
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -361,11 +375,15 @@ class JobStore:
     def drop_payload(self, job_id: str) -> None:
         self._redis.delete(self._payload_key(job_id))
 
-    def record_duration(self, seconds: float) -> None:
-        """Exponentially weighted mean job time: the slowest pace live workers drain the queue at."""
-        previous = self._redis.get(self._mean_job)
-        mean = seconds if previous is None else 0.8 * float(previous) + 0.2 * seconds
-        self._redis.set(self._mean_job, f"{mean:.4f}")
+    def record_duration(self, seconds: float) -> int:
+        """Moving average of a job's run time: the slowest pace live workers drain the queue at. Returns how
+        many run times it has taken in (at most 1,000)."""
+        return int(self._job_time(keys=[self._mean_job], args=[seconds, _JOB_TIME_SMOOTHING]))
+
+    def mean_job_seconds(self) -> float | None:
+        """The moving average of a job's run time; None before any job has finished."""
+        value = self._redis.hget(self._mean_job, "mean")
+        return float(value) if value else None
 
     def drain_interval(self) -> float | None:
         """Measured seconds between job starts while jobs waited, a moving average; None before any."""

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -141,21 +141,25 @@ class Stack:
                 self.summaries.append((name.split("_")[0], f"external {url}"))
         if not s.models.local_llm_url and s.models.provider_configured:
             self.summaries.append(("llm", f"provider {s.models.openai_base_url or 'from API keys'}"))
+        # Redis, Weaviate and the model servers need nothing of each other: they start together, then
+        # the worker and the API, which need their URLs.
+        first, llms = [], []
         if not s.redis.url:
-            self._launch(services.redis_spec(s, ports))
+            first.append(services.redis_spec(s, ports))
         if not s.weaviate.url:
-            self._launch(services.weaviate_spec(s, ports, self.console))
+            first.append(services.weaviate_spec(s, ports, self.console))
         if not s.models.local_llm_url and not s.models.provider_configured:
             replicas = s.models.local_replicas
             threads = max(1, (os.cpu_count() or 1) // replicas)
-            bases = []
-            for replica in range(1, replicas + 1):
-                spec = services.llm_spec(s, ports, self.console, replica=replica, threads=threads)
-                bases.append(spec.urls["llm_base_url"])
-                self._launch(spec)
+            llms = [
+                services.llm_spec(s, ports, self.console, replica=replica, threads=threads)
+                for replica in range(1, replicas + 1)
+            ]
+        self._launch(first + llms)
+        if llms:
+            bases = [spec.urls["llm_base_url"] for spec in llms]
             self.urls["llm_base_url"], self.urls["llm_base_urls"] = bases[0], ",".join(bases)
-        self._launch(self._worker(ports))
-        self._launch(services.api_spec(s, ports, self.urls))
+        self._launch([self._worker(ports), services.api_spec(s, ports, self.urls)])
         ports.save()
 
     def _worker(self, ports: PortBook) -> services.ServiceSpec:
@@ -167,10 +171,11 @@ class Stack:
         app = create_celery_app(self.settings, self.urls["redis_url"])
         return services.worker_spec(self.settings, ports, self.urls, lambda: worker_answers(app, hostname), hostname)
 
-    def _launch(self, spec: services.ServiceSpec) -> None:
-        self.processes.append(launch(spec, self.settings.data_dir / "logs", self.console))
-        self.urls.update(spec.urls)
-        self.summaries.append((spec.name, spec.summary))
+    def _launch(self, specs: list[services.ServiceSpec]) -> None:
+        self.processes += launch_together(specs, self.settings.data_dir / "logs", self.console)
+        for spec in specs:
+            self.urls.update(spec.urls)
+            self.summaries.append((spec.name, spec.summary))
 
     def _watch(self) -> None:
         self.console.print("[dim]Ctrl-C stops everything.[/dim]")
@@ -211,32 +216,49 @@ class Stack:
 
 def launch(spec: services.ServiceSpec, log_dir: Path, console: Console) -> ManagedProcess:
     """Start `spec` and wait until its health check passes; on failure it is stopped and its log shown."""
-    log_path = log_dir / f"{spec.name}.log"
-    process = ManagedProcess(spec.name, spec.argv, spec.env, log_path)
-    process.start()
+    return launch_together([spec], log_dir, console)[0]
+
+
+def launch_together(specs: Sequence[services.ServiceSpec], log_dir: Path, console: Console) -> list[ManagedProcess]:
+    """Start every spec at once and wait until all are healthy: their start-ups overlap (most of a start is
+    waiting). If one fails or times out, all of them are stopped and the failing one's log is shown."""
+    processes = [ManagedProcess(spec.name, spec.argv, spec.env, log_dir / f"{spec.name}.log") for spec in specs]
     started = time.monotonic()
+    waiting = list(zip(specs, processes, strict=True))
     try:
-        with console.status(f"starting {spec.name}…") as status:
-            while not spec.healthy():
-                code = process.exit_code()
-                if code is not None:
-                    raise ServiceStartError(
-                        f"{spec.name} exited with code {code} while starting; its log {log_path} ends with:\n"
-                        f"{process.log_tail()}"
-                    )
-                waited = time.monotonic() - started
-                if waited > spec.start_timeout_s:
-                    raise ServiceStartError(
-                        f"{spec.name} did not become healthy within {spec.start_timeout_s:.0f}s; its log "
-                        f"{log_path} ends with:\n{process.log_tail()}"
-                    )
-                status.update(f"starting {spec.name}… [dim]{waited:.0f}s[/dim]")
-                time.sleep(0.25)
+        for process in processes:
+            process.start()
+        with console.status("starting…") as status:
+            while waiting:
+                for spec, process in list(waiting):
+                    if spec.healthy():
+                        console.print(f"[green]✓[/green] {spec.name} healthy ({time.monotonic() - started:.1f}s)")
+                        waiting.remove((spec, process))
+                    else:
+                        _raise_if_failed(spec, process, time.monotonic() - started)
+                if waiting:
+                    names = ", ".join(spec.name for spec, _ in waiting)
+                    status.update(f"starting {names}… [dim]{time.monotonic() - started:.0f}s[/dim]")
+                    time.sleep(0.25)
     except BaseException:
-        process.stop()
+        for process in reversed(processes):
+            process.stop()
         raise
-    console.print(f"[green]✓[/green] {spec.name} healthy ({time.monotonic() - started:.1f}s)")
-    return process
+    return processes
+
+
+def _raise_if_failed(spec: services.ServiceSpec, process: ManagedProcess, waited: float) -> None:
+    code = process.exit_code()
+    if code is not None:
+        raise ServiceStartError(
+            f"{spec.name} exited with code {code} while starting; its log {process.log_path} ends with:\n"
+            f"{process.log_tail()}"
+        )
+    if waited > spec.start_timeout_s:
+        raise ServiceStartError(
+            f"{spec.name} did not become healthy within {spec.start_timeout_s:.0f}s; its log "
+            f"{process.log_path} ends with:\n{process.log_tail()}"
+        )
 
 
 def claude_desktop_snippet(settings: Settings) -> dict[str, object]:

@@ -191,12 +191,12 @@ def test_busy_port_is_one_clear_error_and_nothing_is_left_running(tmp_path: Path
     assert f"port {port} for api is in use" in output
     assert "ORCHESTRION_SERVER__PORT" in output
     assert "Traceback" not in output
-    assert wait_gone(data_dir) == set()  # Valkey and the worker, started before, were stopped
+    assert wait_gone(data_dir) == set()  # Valkey, started before, was stopped
 
 
 def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "ORCHESTRION_DATA_DIR": str(tmp_path / "empty")}
-    # Side by side: each spends seconds importing before it finds there is no stack.
+    # Side by side; each looks for the stack before its slow imports.
     running = {
         command: subprocess.Popen(
             [sys.executable, "-m", "orchestrion", command],
@@ -217,6 +217,9 @@ def test_commands_without_a_stack_say_how_to_start_one(tmp_path: Path) -> None:
         assert running[command].returncode == 1, command
         assert "orchestrion up" in " ".join(stderr.split()), stderr  # the console wraps lines at 80 columns
         assert "Traceback" not in stderr
+        assert "[red]" not in stderr  # styled, not printed as markup
+        if command != "status":
+            assert stderr.startswith("error: no redis url is configured"), stderr
 
 
 def test_help_explains_every_command() -> None:

@@ -373,6 +373,18 @@ def test_a_worker_starting_a_job_frees_its_slot(
         worker.stop()
 
 
+def test_job_run_times_recorded_together_all_count(private: Callable[..., Private]) -> None:
+    """Workers finishing at once each add their run time to the estimate refused clients are told from."""
+    p = private(1)
+    assert p.jobs.mean_job_seconds() is None
+    assert [p.jobs.record_duration(s) for s in (1.0, 3.0, 5.0)] == [1, 2, 3]
+    assert p.jobs.mean_job_seconds() == pytest.approx(3.0)  # the first few: a plain mean
+    with ThreadPoolExecutor(16) as pool:
+        counts = list(pool.map(p.jobs.record_duration, [3.0] * 200))
+    assert sorted(counts) == list(range(4, 204))  # none lost to another's update
+    assert p.jobs.mean_job_seconds() == pytest.approx(3.0)
+
+
 _DIE_AFTER_ADMITTING = """
 import os, sys
 from core.settings import get_settings
