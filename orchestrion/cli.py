@@ -36,7 +36,7 @@ def _clear_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ValidationError as exc:
-            console.print(f"[red]error:[/red] {describe_validation_error(exc)}", soft_wrap=True)
+            console.print(Text.assemble(("error:", "red"), f" {_invalid(exc)}"), soft_wrap=True, highlight=False)
             raise typer.Exit(2) from None
         except OrchestrionError as exc:
             # The reason is shown as written (it may hold brackets); only the prefix is styled.
@@ -44,6 +44,18 @@ def _clear_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return run  # type: ignore[return-value]
+
+
+def _invalid(error: ValidationError) -> str:
+    """Bad settings name the variables that set them; a bad argument (a search's mode) names the argument."""
+    if error.title == Settings.__name__:
+        return describe_validation_error(error)
+    problems = []
+    for item in error.errors():
+        given = item.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
+        problems.append(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}{shown}")
+    return "invalid input: " + "; ".join(problems)
 
 
 def _settings() -> Settings:

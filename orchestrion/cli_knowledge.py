@@ -130,13 +130,17 @@ def search(
     tag: Annotated[list[str] | None, typer.Option(help="Only documents with any of these tags.")] = None,
 ) -> None:
     """Search a tenant's documents and print the passages with their citations."""
-    from orchestrion.knowledge import print_hits, run_search
+    from orchestrion.knowledge import print_hits, run_search, search_via_api
     from rag.search import SearchRequest
 
+    settings = _settings()
     filters = {"field": "tags", "op": "any_of", "value": tag} if tag else None
     request = SearchRequest.model_validate({"query": query, "mode": mode, "k": k, "filters": filters})
-    with _rag() as rag:
-        hits = run_search(rag, tenant or _settings().tenants.default, request)
+    chosen = tenant or settings.tenants.default
+    hits = search_via_api(settings, chosen, request)
+    if hits is None:
+        with console.status("loading the embedding model in this process…"), _rag() as rag:
+            hits = run_search(rag, chosen, request)
     print_hits(hits, console, query)
 
 

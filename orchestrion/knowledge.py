@@ -10,11 +10,15 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.errors import InvalidInputError
+from core.settings import Settings
+from core.stack import StackRecord
 from rag.ingest import Submission
 from rag.jobs import FINAL_STATES, JobState, JobStatus
 from rag.search import SearchRequest, search
@@ -70,7 +74,7 @@ def report_jobs(jobs: Sequence[JobStatus], console: Console) -> int:
     """Print one line per failed job and a summary; returns the number of failures."""
     failed = [j for j in jobs if j.state == JobState.FAILED]
     for job in failed:
-        console.print(f"[red]✗[/red] {job.doc_id}: {job.error}")
+        console.print(f"[red]✗[/red] {escape(job.doc_id)}: {escape(job.error)}")
     written = sum(j.result.get("written", 0) for j in jobs)
     unchanged = sum(j.result.get("unchanged", 0) for j in jobs)
     console.print(
@@ -82,6 +86,29 @@ def report_jobs(jobs: Sequence[JobStatus], console: Console) -> int:
 
 def run_search(rag: RagServices, tenant: str, request: SearchRequest) -> list[SearchHit]:
     return search(rag.store, rag.embedder, tenant, request)
+
+
+def search_via_api(settings: Settings, tenant: str, request: SearchRequest) -> list[SearchHit] | None:
+    """The running stack's API answers with its model loaded, where this process would first spend ~20 s
+    importing and loading it. Only for the default tenant, with the local token `orchestrion up` keeps: the
+    API takes the tenant from the token. None when that is not possible; the caller searches in-process."""
+    record = StackRecord.read(settings.data_dir)
+    token_file = settings.data_dir / "local-token"
+    if tenant != settings.tenants.default or record is None or "api_url" not in record.urls:
+        return None
+    try:
+        token = token_file.read_text().strip()
+        response = httpx.post(
+            f"{record.urls['api_url']}/v1/search",
+            json=request.model_dump(mode="json", exclude_none=True),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+    except (OSError, httpx.HTTPError):
+        return None
+    if response.status_code != 200:  # a revoked token, a stopped API: the in-process search says what is wrong
+        return None
+    return [SearchHit(**hit) for hit in response.json()["hits"]]
 
 
 def print_hits(hits: Sequence[SearchHit], console: Console, query: str) -> None:

@@ -67,8 +67,12 @@ class LocalEmbedder:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 import torch
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as transformers_logging
 
                 from rag.chunking import bundled_model_dir
+
+                # Its "Loading weights" bar lands in terminals and server logs, for a load that takes no time.
+                transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
                 if self._threads:  # process-wide: this process embeds only through this model
                     torch.set_num_threads(self._threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,16 @@ def _mcp_ping(server: Any, message: str) -> dict[str, Any]:
             result = await client.call_tool("ping", {"message": message})
             assert not result.is_error, result
             return dict(result.structured_content or {})
+
+    return anyio.run(call)
+
+
+def _mcp_search(server: Any, query: str) -> list[dict[str, Any]]:
+    async def call() -> list[dict[str, Any]]:
+        async with Client(server) as client:
+            result = await client.call_tool("search_documents", {"query": query, "k": 3})
+            assert not result.is_error, result
+            return list((result.structured_content or {})["hits"])
 
     return anyio.run(call)
 
@@ -111,6 +122,66 @@ def test_full_embedded_stack_serves_every_part(full_stack: UpRun) -> None:
         assert "already running" in second.stderr and str(full_stack.record["launcher_pid"]) in second.stderr
     finally:
         print(full_stack.first_output)
+
+
+def _cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
+    """Run `orchestrion ARGS` against the stack of `data_dir`: (exit code, stdout, stderr)."""
+    env = {**os.environ, "ORCHESTRION_DATA_DIR": str(data_dir), "COLUMNS": "250"}
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrion", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+def _searches_served(api_url: str) -> float:
+    metrics = httpx.get(api_url + "/metrics", timeout=10).text
+    served = r'orchestrion_http_requests_total\{method="POST",route="/v1/search",status="200"\} (\S+)'
+    found = re.search(served, metrics)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.slow
+def test_terminal_commands_provision_ingest_and_search(full_stack: UpRun, tmp_path: Path) -> None:
+    data_dir, urls = full_stack.data_dir, full_stack.urls
+    tenant = f"cli-{uuid.uuid4().hex[:8]}"
+    assert _cli(data_dir, "tenants", "add", tenant)[::2] == (0, f"tenant {tenant!r} created\n")
+    code, token, _ = _cli(data_dir, "tenants", "token", tenant, "--label", "cli test")
+    token = token.strip()
+    assert code == 0 and token.startswith("orch_")
+    listed = _cli(data_dir, "tenants", "list")[2]
+    [fingerprint] = re.findall(rf"^{tenant}: 1 token\(s\) (\S+) \(cli test\)$", listed, re.MULTILINE)
+
+    doc = tmp_path / "okapi.md"
+    doc.write_text("# Okapi\n\nThe okapi is a giraffid of the Ituri rainforest, with legs striped like a zebra's.\n")
+    code, _, out = _cli(data_dir, "ingest", str(doc), "--tenant", tenant, "--tag", "fauna")
+    assert code == 0 and "1 document(s) ingested: 1 chunks written, 0 unchanged" in out, out
+
+    # Another tenant than the default: searched in this process, with the tenant's own filter.
+    code, _, out = _cli(data_dir, "search", "giraffid with striped legs", "--tenant", tenant, "--tag", "fauna")
+    assert code == 0 and "okapi.md #0" in out and "Okapi" in out, out
+    assert "no results" in _cli(data_dir, "search", "giraffid with striped legs", "--tenant", tenant, "--tag", "x")[2]
+
+    # The default tenant: answered by the running API (its model loaded), and it has no okapi.
+    before = _searches_served(urls["api_url"])
+    code, _, out = _cli(data_dir, "search", "what is backpressure", "--k", "2")
+    assert code == 0 and "message-queues.md" in out and "okapi" not in out, out
+    assert _searches_served(urls["api_url"]) == before + 1
+
+    # The token issued on the terminal is that tenant's over MCP, until revoked.
+    hits = _mcp_search(http(urls["mcp_url"], token), "giraffid with striped legs")
+    assert [h["doc_id"] for h in hits] == ["okapi.md"]
+    assert _cli(data_dir, "tenants", "revoke", fingerprint)[0] == 0
+    assert httpx.post(urls["mcp_url"], json={}, headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+    # Bad input: one clear line, no traceback.
+    code, _, out = _cli(data_dir, "search", "x", "--mode", "fuzzy")
+    assert code == 2 and out.startswith("error: invalid input: mode: Input should be"), out
+    code, _, out = _cli(data_dir, "ingest", str(tmp_path / "missing.md"), "--tenant", tenant)
+    assert code != 0 and out.startswith("error:") and "missing.md" in out and "Traceback" not in out, out
+
+    assert _cli(data_dir, "tenants", "remove", tenant)[0] == 1  # asks for --yes
+    assert _cli(data_dir, "tenants", "remove", tenant, "--yes")[::2] == (0, f"tenant {tenant!r} removed\n")
+    assert tenant not in _cli(data_dir, "tenants", "list")[2]
 
 
 @pytest.mark.slow
