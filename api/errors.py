@@ -12,6 +12,7 @@ from core.errors import (
     AuthenticationError,
     BusyError,
     EmbeddingMismatchError,
+    IdempotencyKeyReusedError,
     InvalidInputError,
     NotFoundError,
     OrchestrionError,
@@ -20,6 +21,7 @@ from observability.propagation import current_trace_id
 
 log = logging.getLogger(__name__)
 STATUS = {
+    IdempotencyKeyReusedError: 422,  # before its base class: the first match wins
     InvalidInputError: 400,
     AuthenticationError: 401,
     NotFoundError: 404,

@@ -23,6 +23,10 @@ class InvalidInputError(OrchestrionError):
     """The caller sent something we cannot accept; the message says what and why."""
 
 
+class IdempotencyKeyReusedError(InvalidInputError):
+    """An Idempotency-Key came back with other content than it was first used for."""
+
+
 class NotFoundError(OrchestrionError):
     """The thing asked for does not exist for this caller (another tenant's things never exist)."""
 

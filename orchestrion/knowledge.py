@@ -19,6 +19,7 @@ from rich.table import Table
 from core.errors import InvalidInputError
 from core.settings import Settings
 from core.stack import StackRecord
+from core.tenancy import tenant_registry
 from rag.ingest import Submission
 from rag.jobs import FINAL_STATES, JobState, JobStatus
 from rag.search import SearchRequest, search
@@ -98,6 +99,9 @@ def search_via_api(settings: Settings, tenant: str, request: SearchRequest) -> l
         return None
     try:
         token = token_file.read_text().strip()
+        # The local token is the tenant that was the default when `up` ran, which settings may have changed.
+        if tenant_registry(settings).tenant_for_token(token) != tenant:
+            return None
         response = httpx.post(
             f"{record.urls['api_url']}/v1/search",
             json=request.model_dump(mode="json", exclude_none=True),

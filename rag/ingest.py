@@ -12,7 +12,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
-from core.errors import BusyError, EmbeddingMismatchError, InvalidInputError, NotFoundError, OrchestrionError
+from core.errors import (
+    BusyError,
+    EmbeddingMismatchError,
+    IdempotencyKeyReusedError,
+    InvalidInputError,
+    NotFoundError,
+    OrchestrionError,
+)
 from core.settings import RagSettings
 from rag.chunking import Chunker
 from rag.documents import DocType
@@ -81,7 +88,12 @@ class IngestService:
         docs = [
             (str(d.meta["doc_id"]), key, JobPayload(d.content, d.meta)) for d, key in zip(accepted, keys, strict=True)
         ]
-        admission = self.jobs.admit(tenant, docs, self.settings.ingest_queue_limit)
+        if idempotency_key:
+            self._check_key_reuse(tenant, idempotency_key, keys, accepted)
+            replaced: list[bool] = []
+        else:
+            replaced = self._replaced_since(tenant, accepted)
+        admission = self.jobs.admit(tenant, docs, self.settings.ingest_queue_limit, replaced)
         self._take_over(admission.taken_over)
         if admission.refused:
             raise self._refusal(admission)
@@ -90,6 +102,26 @@ class IngestService:
 
     def status(self, tenant: str, job_id: str) -> JobStatus:
         return self.jobs.get(tenant, job_id)
+
+    def _check_key_reuse(
+        self, tenant: str, idempotency_key: str, keys: Sequence[str], accepted: Sequence[_Accepted]
+    ) -> None:
+        """An Idempotency-Key answers again only the submission it was first used for: other content under
+        it would be answered with the first one's jobs and never ingested."""
+        held = self.jobs.held_by(tenant, keys)
+        for position, (key, doc) in enumerate(zip(keys, accepted, strict=True)):
+            job = held.get(key)
+            if job is not None and job.content_hash and job.content_hash != doc.content_hash:
+                raise IdempotencyKeyReusedError(
+                    f"Idempotency-Key {idempotency_key!r} was used for other content (document {position} differs "
+                    "from the first submission's): use a new key for a new submission"
+                )
+
+    def _replaced_since(self, tenant: str, accepted: Sequence[_Accepted]) -> list[bool]:
+        """Per document: the store holds another version of it, or none. Its content's earlier job, if done,
+        must not answer for it then: deleted or overwritten since, the document is ingested again."""
+        stored = self.store.content_hashes(tenant, [str(d.meta["doc_id"]) for d in accepted])
+        return [stored.get(str(d.meta["doc_id"])) != d.content_hash for d in accepted]
 
     def _validate(self, sub: Submission, position: int) -> _Accepted:
         name = sub.filename or sub.doc_id or f"document {position}"

@@ -61,15 +61,16 @@ _DRAIN_SMOOTHING = 0.2
 # KEYS: admitted, enqueuing, line, due, line seq, drain, mean job s, then per document: idempotency key,
 # job key, payload key.
 # ARGV: limit, job ttl s, enqueue grace s, job key prefix, line grace s, horizon min s, horizon max s, max
-# wait s, jitter in [0, 1), then per document: job id, job record, payload.
+# wait s, jitter in [0, 1), replaced (a '1' or '0' per document: '1' when its finished job no longer holds its
+# key, the stored document being another version or gone), then per document: job id, job record, payload.
 # Returns {admitted (1/0), waiting before, new documents, jobs taken over, per document the existing job's
 # record or '' for a new one (empty when refused), retry after s (refused), documents ahead in the line}.
 _ADMIT = """
 local admitted, enqueuing, line, due, line_seq, drain, mean_job = unpack(KEYS, 1, 7)
 local limit, ttl, grace, job_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local line_grace, horizon_min, horizon_max = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local max_wait, jitter = tonumber(ARGV[8]), tonumber(ARGV[9])
-local K, A = 7, 9
+local max_wait, jitter, replaced = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local K, A = 7, 10
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 -- A job admitted longer ago than its record lives expired unstarted: its task was lost (a purged queue).
@@ -90,8 +91,10 @@ local found, new = {}, {}
 for i = 1, (#KEYS - K) / 3 do
   local holder = redis.call('GET', KEYS[K + 3 * i - 2])
   local record = holder and redis.call('GET', job_prefix .. holder)
-  -- Neither a failed job nor an expired one holds its key: this submission takes it over.
-  if record and cjson.decode(record).state ~= 'failed' then
+  local state = record and cjson.decode(record).state
+  -- Neither a failed job nor an expired one holds its key, nor a done one whose document was replaced or
+  -- deleted since: this submission takes it over.
+  if record and state ~= 'failed' and not (state == 'done' and string.sub(replaced, i, i) == '1') then
     found[i] = record
   else
     found[i] = ''
@@ -209,6 +212,7 @@ class JobStatus:
     chunks_done: int = 0
     error: str = ""
     result: dict[str, int] = field(default_factory=dict)
+    content_hash: str = ""  # of the document and what it says about itself (rag/ingest.py)
 
     @property
     def progress(self) -> float:
@@ -220,6 +224,7 @@ class JobStatus:
         """What a caller sees (no tenant: it is theirs)."""
         data = asdict(self)
         data.pop("tenant")
+        data.pop("content_hash")
         data["state"] = self.state.value
         data["progress"] = round(self.progress, 4)
         return data
@@ -281,19 +286,32 @@ class JobStore:
     def _idem_key(self, tenant: str, key: str) -> str:
         return f"{self._prefix}:idem:{tenant}:{key}"
 
-    def admit(self, tenant: str, docs: Sequence[tuple[str, str, JobPayload]], limit: int) -> Admission:
+    def admit(
+        self,
+        tenant: str,
+        docs: Sequence[tuple[str, str, JobPayload]],
+        limit: int,
+        replaced: Sequence[bool] = (),
+    ) -> Admission:
         """Each (doc id, idempotency key, payload) gets the job its key holds, or a new one. The new ones are
         admitted together only if the jobs accepted and not yet started stay within `limit`, and, for a
         submission not yet in the line of refused ones, only if the whole line fits too; else nothing is
         written but the submission's place in the line and when it is told to come back. A submission of
-        nothing new is answered however busy. A failed or expired job does not hold its key: retrying works."""
+        nothing new is answered however busy. A failed or expired job does not hold its key: retrying works.
+        Nor does a done job of a document marked `replaced` (by position in `docs`): the store holds another
+        version of it, or none, so the same content is ingested again."""
         now = time.time()
         firsts: dict[str, tuple[JobStatus, JobPayload]] = {}
-        for doc_id, key, payload in docs:
-            firsts.setdefault(key, (JobStatus(uuid.uuid4().hex, tenant, doc_id, JobState.QUEUED, now, now), payload))
+        renew: dict[str, bool] = {}
+        for position, (doc_id, key, payload) in enumerate(docs):
+            status = JobStatus(uuid.uuid4().hex, tenant, doc_id, JobState.QUEUED, now, now)
+            status.content_hash = str(payload.meta.get("content_hash", ""))
+            firsts.setdefault(key, (status, payload))
+            renew.setdefault(key, position < len(replaced) and replaced[position])
         keys = [self._admitted, self._enqueuing, self._line, self._due, self._line_seq, self._drain, self._mean_job]
         args: list[bytes | str | float] = [limit, self._ttl, self._grace, self._job_key("")]
         args += [self._line_grace, HORIZON_MIN_S, HORIZON_MAX_S, RETRY_AFTER_MAX_S, random.random()]
+        args.append("".join("1" if renew[key] else "0" for key in firsts))
         for key, (status, payload) in firsts.items():
             keys += [self._idem_key(tenant, key), self._job_key(status.job_id), self._payload_key(status.job_id)]
             args += [status.job_id, _encode(status), json.dumps(payload.meta).encode() + b"\n" + payload.content]
@@ -311,6 +329,13 @@ class JobStore:
             jobs.append((status, created and key not in seen))  # a document twice in one submission: one job
             seen.add(key)
         return Admission(jobs, int(waiting), int(new), taken_over)
+
+    def held_by(self, tenant: str, keys: Sequence[str]) -> dict[str, JobStatus]:
+        """The job each of these idempotency keys holds now, for those that hold one."""
+        holders = self._redis.mget([self._idem_key(tenant, key) for key in keys])
+        held = {key: _bytes(job_id).decode() for key, job_id in zip(keys, holders, strict=True) if job_id}
+        records = self._redis.mget([self._job_key(job_id) for job_id in held.values()]) if held else []
+        return {key: _decode(_bytes(raw)) for key, raw in zip(held, records, strict=True) if raw}
 
     def enqueued(self, job_ids: Sequence[str]) -> None:
         """The producer confirms these jobs are on the queue: nobody needs to take them over."""

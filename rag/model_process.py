@@ -92,11 +92,18 @@ class ModelProcessEmbedder:
             )
             theirs.close()  # the child holds its end: with ours gone too, its death reads as end of file here
             conn = Connection(ours.detach())
-            if not conn.poll(START_TIMEOUT_S) or conn.recv() != "ready":
-                process.kill()
-                conn.close()
-                raise OrchestrionError(f"the embedding model process did not start within {START_TIMEOUT_S:.0f}s")
             self._process, self._conn = process, conn
+            try:
+                started, died = conn.poll(START_TIMEOUT_S) and conn.recv() == "ready", False
+            except (EOFError, OSError):
+                started, died = False, True
+            if not started:
+                self._discard()  # reaped, not left a zombie
+                raise OrchestrionError(
+                    "the embedding model process exited while starting (its error is in this process's log)"
+                    if died
+                    else f"the embedding model process did not start within {START_TIMEOUT_S:.0f}s"
+                )
         return self._conn
 
     def _discard(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from core.errors import NotFoundError
+from core.errors import NotFoundError, OrchestrionError
 from rag.chunking import Chunker
 from rag.embedding import Embedder, EmbeddingSpec
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, recorded_specs
@@ -46,6 +46,11 @@ def reindex_tenant(
     moved = 0
     for info in docs:
         chunks = source.document_chunks(tenant, info.doc_id)
+        if len(chunks) != info.chunk_count:  # the source is deleted at the end: never from a partial copy
+            raise OrchestrionError(
+                f"document {info.doc_id!r} of tenant {tenant!r} has {len(chunks)} chunks stored where its record "
+                f"says {info.chunk_count}; nothing was deleted: re-ingest it, then run reindex again"
+            )
         texts = [chunker.embed_text_for(info.title, tuple(c.heading_path), c.text) for c in chunks]
         vectors = embedder.embed(texts)
         stored = [

@@ -9,6 +9,7 @@ a process embedding with anything else refuses to touch it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 import threading
@@ -36,9 +37,17 @@ CHUNK_NAMESPACE = uuid.UUID("6f1c2a7e-3b1d-4f0a-9a51-0b7c4e2d8a10")
 MAX_PAGE = 10_000
 
 
-def chunk_uuid(tenant: str, doc_id: str, index: int, content_hash: str) -> uuid.UUID:
-    """Deterministic: the same chunk of the same document version always gets the same id."""
-    return uuid.uuid5(CHUNK_NAMESPACE, f"{tenant}\x1f{doc_id}\x1f{index}\x1f{content_hash}")
+def chunk_uuid(tenant: str, doc_id: str, index: int, content_hash: str, described: str) -> uuid.UUID:
+    """Deterministic: the same chunk of the same document version always gets the same id. `described` is
+    `described_as(info)`: a chunk also stores what its document says about itself (filters read it there),
+    so a new tag or metadata value makes new chunks instead of leaving the old values on the kept ones."""
+    return uuid.uuid5(CHUNK_NAMESPACE, f"{tenant}\x1f{doc_id}\x1f{index}\x1f{content_hash}\x1f{described}")
+
+
+def described_as(info: DocumentInfo) -> str:
+    """A digest of the document properties every chunk of it stores."""
+    stored = [info.title, info.source, info.doc_type, sorted(info.tags), info.metadata]
+    return hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def doc_uuid(tenant: str, doc_id: str) -> uuid.UUID:
@@ -270,7 +279,8 @@ class ChunkStore:
             raise ValueError("one vector per chunk")
         self.ensure_metadata_properties(info.metadata)
         existing = self.existing_chunk_ids(tenant, info.doc_id)
-        ids = [chunk_uuid(tenant, info.doc_id, c.index, c.content_hash) for c in chunks]
+        described = described_as(info)
+        ids = [chunk_uuid(tenant, info.doc_id, c.index, c.content_hash, described) for c in chunks]
         base = {
             "doc_id": info.doc_id,
             "source": info.source,
@@ -326,6 +336,19 @@ class ChunkStore:
     # --- reads -------------------------------------------------------------------
 
     @_tenant_checked
+    def content_hashes(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, str]:
+        """The content hash of each of these documents that the tenant holds now."""
+        ids = sorted({doc_uuid(tenant, d) for d in doc_ids}, key=str)
+        docs, found = self._docs(tenant), {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            page = docs.query.fetch_objects(
+                filters=Filter.by_id().contains_any(part), limit=len(part), return_properties=["doc_id", "content_hash"]
+            )
+            found.update({str(o.properties["doc_id"]): str(o.properties["content_hash"]) for o in page.objects})
+        return found
+
+    @_tenant_checked
     def document(self, tenant: str, doc_id: str) -> DocumentInfo:
         found = self._docs(tenant).query.fetch_object_by_id(doc_uuid(tenant, doc_id))
         if found is None:
@@ -336,16 +359,18 @@ class ChunkStore:
     def document_chunks(self, tenant: str, doc_id: str) -> list[SearchHit]:
         """All chunks of one document, in order."""
         self.document(tenant, doc_id)
-        objects = (
-            self._chunks(tenant)
-            .query.fetch_objects(
+        chunks = self._chunks(tenant)
+        hits: list[SearchHit] = []
+        while True:  # a 10 MB document can hold more chunks than one page
+            page = chunks.query.fetch_objects(
                 filters=Filter.by_property("doc_id").equal(doc_id),
                 sort=Sort.by_property("chunk_index", ascending=True),
                 limit=MAX_PAGE,
-            )
-            .objects
-        )
-        return [_hit(o.properties, 1.0) for o in objects]
+                offset=len(hits),
+            ).objects
+            hits.extend(_hit(o.properties, 1.0) for o in page)
+            if len(page) < MAX_PAGE:
+                return hits
 
     @_tenant_checked
     def list_documents(self, tenant: str, limit: int, offset: int) -> list[DocumentInfo]:

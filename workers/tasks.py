@@ -10,6 +10,7 @@ import redis
 from celery import Task, shared_task
 from weaviate.exceptions import WeaviateBaseError
 
+from core.errors import NotFoundError
 from observability.propagation import current_trace_id
 from rag.jobs import FINAL_STATES, JobState
 from workers.app import INGEST_TASK
@@ -31,10 +32,14 @@ class _IngestTask(Task):  # type: ignore[misc]
         from workers.process import rag_services
 
         job_id = args[0]
-        jobs = rag_services().jobs
-        status = jobs.load(job_id)
-        if status.state not in FINAL_STATES:
-            jobs.update(status, state=JobState.FAILED, error=f"gave up: {type(exc).__name__}: {exc}")
+        try:
+            jobs = rag_services().jobs
+            status = jobs.load(job_id)
+            if status.state not in FINAL_STATES:
+                jobs.update(status, state=JobState.FAILED, error=f"gave up: {type(exc).__name__}: {exc}")
+        except (NotFoundError, *TRANSIENT):
+            # The record expired, or Redis is what failed: the task's own failure is logged by Celery.
+            log.warning("could not mark ingest job %s failed", job_id, exc_info=True)
 
 
 @shared_task(

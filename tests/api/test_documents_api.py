@@ -40,6 +40,9 @@ def test_retried_upload_with_the_same_key_is_one_job(rag: RagServices, tenant: s
     assert first.status_code == retry.status_code == 202
     [job], [again] = first.json()["jobs"], retry.json()["jobs"]
     assert again["job_id"] == job["job_id"]  # the double charge that does not happen
+    other = {"files": ("guide.md", b"# Another guide\n\nOther content.", "text/markdown")}
+    reused = httpx.post(f"{api_server.url}/v1/documents", headers=headers, files=other, data=data, timeout=60)
+    assert reused.status_code == 422 and "was used for other content" in reused.json()["error"], reused.text
     done = _wait_done(api_server.url, headers, job["job_id"])
     assert done["state"] == "done" and done["progress"] == 1.0
     listed = httpx.get(f"{api_server.url}/v1/documents", headers=headers).json()["documents"]

@@ -124,9 +124,9 @@ def test_full_embedded_stack_serves_every_part(full_stack: UpRun) -> None:
         print(full_stack.first_output)
 
 
-def _cli(data_dir: Path, *args: str) -> tuple[int, str, str]:
+def _cli(data_dir: Path, *args: str, **env: str) -> tuple[int, str, str]:
     """Run `orchestrion ARGS` against the stack of `data_dir`: (exit code, stdout, stderr)."""
-    env = {**os.environ, "ORCHESTRION_DATA_DIR": str(data_dir), "COLUMNS": "250"}
+    env = {**os.environ, "ORCHESTRION_DATA_DIR": str(data_dir), "COLUMNS": "250", **env}
     done = subprocess.run(
         [sys.executable, "-m", "orchestrion", *args], capture_output=True, text=True, timeout=300, env=env
     )
@@ -159,6 +159,11 @@ def test_terminal_commands_provision_ingest_and_search(full_stack: UpRun, tmp_pa
     # Another tenant than the default: searched in this process, with the tenant's own filter.
     code, _, out = _cli(data_dir, "search", "giraffid with striped legs", "--tenant", tenant, "--tag", "fauna")
     assert code == 0 and "okapi.md #0" in out and "Okapi" in out, out
+    # Made the default by settings: the local token is still the first default's, so not through the API.
+    before = _searches_served(urls["api_url"])
+    code, _, out = _cli(data_dir, "search", "giraffid with striped legs", ORCHESTRION_TENANTS__DEFAULT=tenant)
+    assert code == 0 and "okapi.md #0" in out, out
+    assert _searches_served(urls["api_url"]) == before
     assert "no results" in _cli(data_dir, "search", "giraffid with striped legs", "--tenant", tenant, "--tag", "x")[2]
 
     # The default tenant: answered by the running API (its model loaded), and it has no okapi.

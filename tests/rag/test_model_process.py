@@ -91,6 +91,13 @@ def test_a_failing_call_is_an_error_and_the_child_keeps_serving(embedder: ModelP
         assert _child_pid(embedder) == pid
 
 
+def test_a_child_that_dies_while_starting_is_a_clear_error_and_is_reaped() -> None:
+    broken = ModelProcessEmbedder(8, threads=-1)  # torch refuses -1 threads once the child has loaded it
+    with pytest.raises(OrchestrionError, match="exited while starting"):
+        broken.embed(["anything"])
+    assert broken._process is None and broken._conn is None  # nothing left behind
+
+
 def test_the_child_exits_when_its_parent_dies_without_closing_it() -> None:
     script = (
         "import os, sys\n"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import InvalidInputError
+from core.errors import IdempotencyKeyReusedError, InvalidInputError
+from rag import store as store_module
 from rag.ingest import Submission
 from rag.search import SearchRequest, search
 from rag.services import RagServices
+from rag.store import DocumentInfo, StoredChunk, now_iso
 from tests.rag.helpers import GUIDE, ingest_text, wait_jobs
 
 
@@ -77,6 +79,69 @@ def test_changed_document_replaces_its_chunks_and_leaves_no_stale_ones(rag: RagS
     assert job.result["deleted"] >= 1
     assert len(chunks) == rag.store.document(tenant, "payments").chunk_count
     assert len(rag.store.existing_chunk_ids(tenant, "payments")) == len(chunks)
+
+
+def test_a_deleted_or_overwritten_document_is_ingested_again_from_the_same_content(
+    rag: RagServices, tenant: str
+) -> None:
+    first = ingest_text(rag, tenant, GUIDE, doc_id="guide")
+    rag.store.delete_document(tenant, "guide")
+    again = ingest_text(rag, tenant, GUIDE, doc_id="guide")
+    assert again.job_id != first.job_id and again.result["written"] == first.result["written"]
+
+    ingest_text(rag, tenant, GUIDE.replace("five business days", "ten business days"), doc_id="guide")
+    back = ingest_text(rag, tenant, GUIDE, doc_id="guide")  # version 1 again, after version 2
+    assert back.job_id not in (first.job_id, again.job_id)
+    texts = " ".join(c.text for c in rag.store.document_chunks(tenant, "guide"))
+    assert "five business days" in texts and "ten business days" not in texts
+
+    # While the store holds this very version, the same submission is still answered by its job.
+    [same] = rag.ingest.submit(tenant, [Submission(GUIDE.encode(), "doc.md", doc_id="guide")])
+    assert same.job_id == back.job_id
+
+
+def test_new_tags_and_metadata_reach_every_chunk(rag: RagServices, tenant: str) -> None:
+    first = ingest_text(rag, tenant, GUIDE, doc_id="tagged", tags=("draft",), metadata={"owner": "ann"})
+    job = ingest_text(rag, tenant, GUIDE, doc_id="tagged", tags=("final",), metadata={"owner": "bob"})
+    count = first.result["written"]
+    assert job.result == {"written": count, "deleted": count, "unchanged": 0}
+
+    def found(filters: dict[str, object]) -> list[str]:
+        request = SearchRequest.model_validate({"query": "refund", "mode": "keyword", "k": 50, "filters": filters})
+        return sorted({h.doc_id for h in search(rag.store, rag.embedder, tenant, request)})
+
+    assert found({"field": "tags", "op": "any_of", "value": ["final"]}) == ["tagged"]
+    assert found({"field": "tags", "op": "any_of", "value": ["draft"]}) == []
+    assert found({"field": "meta.owner", "op": "eq", "value": "bob"}) == ["tagged"]
+    assert found({"field": "meta.owner", "op": "eq", "value": "ann"}) == []
+    assert len(rag.store.existing_chunk_ids(tenant, "tagged")) == count
+
+
+def test_an_idempotency_key_reused_for_other_content_is_refused(rag: RagServices, tenant: str) -> None:
+    doc = Submission(GUIDE.encode(), "guide.md")
+    [first] = rag.ingest.submit(tenant, [doc], idempotency_key="upload-7")
+    other = Submission(b"# Other\n\nA different document.", "guide.md")
+    with pytest.raises(IdempotencyKeyReusedError, match=r"'upload-7' was used for other content \(document 0"):
+        rag.ingest.submit(tenant, [other], idempotency_key="upload-7")
+    [again] = rag.ingest.submit(tenant, [doc], idempotency_key="upload-7")
+    assert again.job_id == first.job_id
+    wait_jobs(rag, tenant, [first])
+
+
+def test_a_document_longer_than_a_page_reads_back_whole(
+    rag: RagServices, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weaviate answers a page at a time (10,000 objects here, a 10 MB document holds more): 3 in this test."""
+    monkeypatch.setattr(store_module, "MAX_PAGE", 3)
+    dimension = rag.store.spec.dimension
+    info = DocumentInfo("long", "Long", "long.md", "markdown", [], {}, "digest", 7, now_iso())
+    chunks = [StoredChunk(i, f"part {i}", ("Long",), f"hash-{i}") for i in range(7)]
+    vectors = [[1.0 if j == i else 0.0 for j in range(dimension)] for i in range(7)]
+    rag.store.write_document(tenant, info, chunks, vectors)
+    assert [(h.chunk_index, h.text) for h in rag.store.document_chunks(tenant, "long")] == [
+        (i, f"part {i}") for i in range(7)
+    ]
+    assert len(rag.store.existing_chunk_ids(tenant, "long")) == 7
 
 
 @pytest.mark.parametrize(
