@@ -24,7 +24,7 @@ from core.settings import RagSettings
 from rag.chunking import Chunker
 from rag.documents import DocType
 from rag.embedding import Embedder
-from rag.filters import Scalar, meta_property
+from rag.filters import Scalar, check_meta_key
 from rag.jobs import Admission, JobPayload, JobState, JobStatus, JobStore
 from rag.parsing import detect_type, parse
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
@@ -148,7 +148,7 @@ class IngestService:
         if len(tags) > MAX_TAGS or any(not t or len(t) > 64 for t in tags):
             raise InvalidInputError(f"{name}: at most {MAX_TAGS} tags of 1-64 characters each")
         for key, value in sub.metadata.items():
-            meta_property(key)
+            check_meta_key(key)
             if not isinstance(value, str | int | float | bool):
                 raise InvalidInputError(f"{name}: metadata {key!r} must be a string, number or boolean")
         meta: dict[str, Any] = {

@@ -44,7 +44,7 @@ def search(store: ChunkStore, embedder: Embedder, tenant: str, request: SearchRe
             query=request.query,
             vector=vector,
             k=request.k,
-            filters=to_weaviate(request.filters) if request.filters is not None else None,
+            filters=to_weaviate(request.filters, store.has_meta_property) if request.filters is not None else None,
             alpha=request.alpha,
             fusion=request.fusion,
         )

@@ -28,9 +28,9 @@ from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
 
-from core.errors import EmbeddingMismatchError, InvalidInputError, NotFoundError
+from core.errors import EmbeddingMismatchError, NotFoundError
 from rag.embedding import EmbeddingSpec
-from rag.filters import Scalar, meta_property
+from rag.filters import Scalar, meta_kind, meta_property, meta_value
 
 F = TypeVar("F", bound=Callable[..., Any])
 CHUNK_NAMESPACE = uuid.UUID("6f1c2a7e-3b1d-4f0a-9a51-0b7c4e2d8a10")
@@ -147,7 +147,7 @@ class ChunkStore:
         self._on_use = on_use
         self.chunks_name, self.docs_name = collection_names(spec)
         self._tenants = _TenantCache()
-        self._meta_props: dict[str, DataType] | None = None
+        self._meta_props: set[str] | None = None
 
     # --- collections and tenants -------------------------------------------------
 
@@ -231,30 +231,30 @@ class ChunkStore:
     # --- writes ------------------------------------------------------------------
 
     def ensure_metadata_properties(self, metadata: dict[str, Scalar]) -> None:
-        """User metadata becomes filterable properties `meta_<key>`, created on first use with the value's type."""
+        """User metadata becomes filterable properties, one per key and type (rag/filters.py `meta_property`),
+        created on first use. The names carry the type, so no tenant's choice of type constrains another's."""
         chunks = self.client.collections.use(self.chunks_name)
-        if self._meta_props is None:
-            known_props = chunks.config.get().properties
-            self._meta_props = {p.name: p.data_type for p in known_props if p.name.startswith("meta_")}
-        props = self._meta_props
         for key, value in metadata.items():
-            name = meta_property(key)
-            wanted = _data_type(key, value)
-            known = props.get(name)
-            if known is None:
-                exact = Tokenization.FIELD if wanted == DataType.TEXT else None
-                try:
-                    chunks.config.add_property(Property(name=name, data_type=wanted, tokenization=exact))
-                except UnexpectedStatusCodeError:
-                    self._meta_props = None  # another process added it meanwhile: reread and compare
-                    self.ensure_metadata_properties(metadata)
-                    return
-                props[name] = wanted
-            elif known != wanted:
-                raise InvalidInputError(
-                    f"metadata {key!r} was stored as {known.value} before, this value is {wanted.value}: "
-                    "keep one type per key"
-                )
+            name = meta_property(key, value)
+            if self.has_meta_property(name):
+                continue
+            kind = meta_kind(value)
+            exact = Tokenization.FIELD if kind == "text" else None
+            try:
+                chunks.config.add_property(Property(name=name, data_type=_META_TYPES[kind], tokenization=exact))
+            except UnexpectedStatusCodeError:
+                if not self.has_meta_property(name, reread=True):  # not another process adding it meanwhile
+                    raise
+            if self._meta_props is not None:
+                self._meta_props.add(name)
+
+    def has_meta_property(self, name: str, reread: bool = False) -> bool:
+        """Whether the chunk collection has this metadata property. Other processes add them (the workers, as
+        documents come in): a name this process has not seen is looked up again before it is said to be missing."""
+        if reread or self._meta_props is None or name not in self._meta_props:
+            properties = self.client.collections.use(self.chunks_name).config.get().properties
+            self._meta_props = {p.name for p in properties if p.name.startswith("meta_")}
+        return name in self._meta_props
 
     @_tenant_checked
     def existing_chunk_ids(self, tenant: str, doc_id: str) -> set[uuid.UUID]:
@@ -288,7 +288,7 @@ class ChunkStore:
             "doc_type": info.doc_type,
             "tags": info.tags,
             "ingested_at": info.ingested_at,
-            **{meta_property(k): v for k, v in info.metadata.items()},
+            **{meta_property(k, v): meta_value(v) for k, v in info.metadata.items()},
         }
         new = [
             DataObject(
@@ -471,16 +471,7 @@ def _doc_properties() -> list[Property]:
     ]
 
 
-def _data_type(key: str, value: Scalar) -> DataType:
-    if isinstance(value, bool):
-        return DataType.BOOL
-    if isinstance(value, int):
-        return DataType.INT
-    if isinstance(value, float):
-        return DataType.NUMBER
-    if isinstance(value, str):
-        return DataType.TEXT
-    raise InvalidInputError(f"metadata {key!r} must be a string, number or boolean, not {type(value).__name__}")
+_META_TYPES = {"text": DataType.TEXT, "number": DataType.NUMBER, "bool": DataType.BOOL}
 
 
 def _doc_props(info: DocumentInfo) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from orchestrion.knowledge import provision
+from rag.search import SearchRequest, search
 from rag.services import RagServices
 from tests.conftest import ApiServer
 from tests.mcp_client import call, http, text_of, tool_schemas
@@ -125,3 +126,38 @@ def test_same_doc_id_in_two_tenants_are_two_documents(rag: RagServices, two_tena
     assert rag.store.document(b, "shared-name").title == "B's own"
     rag.store.delete_document(b, "shared-name")
     assert rag.store.document(a, "shared-name").chunk_count > 0
+
+
+def test_metadata_keys_and_types_of_one_tenant_neither_constrain_nor_show_to_another(
+    rag: RagServices, two_tenants: tuple[str, str]
+) -> None:
+    """Weaviate properties belong to the collection, which every tenant shares: a key tenant A used must not
+    fix its type for B, nor answer B differently from a key nobody ever used."""
+    a, b = two_tenants
+    used_by_a = f"k{uuid.uuid4().hex[:10]}"  # fresh keys: no earlier test made their properties
+    never_used = f"k{uuid.uuid4().hex[:10]}"
+    ingest_text(rag, a, SECRET, doc_id="a-doc", metadata={"client": "acme", used_by_a: "x"})
+    job_b = ingest_text(rag, b, GUIDE, doc_id="b-doc", metadata={"client": 5, "rank": 2.5})  # A's key, a number
+    assert job_b.result["written"] > 0
+
+    def found(tenant: str, condition: dict[str, object]) -> list[str]:
+        request = SearchRequest.model_validate({"query": "refund", "mode": "keyword", "k": 50, "filters": condition})
+        return sorted({h.doc_id for h in search(rag.store, rag.embedder, tenant, request)})
+
+    assert found(b, {"field": "meta.client", "op": "gte", "value": 4}) == ["b-doc"]  # ints and floats compare
+    assert found(b, {"field": "meta.rank", "op": "lt", "value": 3}) == ["b-doc"]
+    assert found(b, {"field": "meta.client", "op": "eq", "value": "acme"}) == []
+    assert found(a, {"field": "meta.client", "op": "eq", "value": "acme"}) == ["a-doc"]
+    conditions = [
+        {"op": "eq", "value": "x"},
+        {"op": "ne", "value": "x"},
+        {"op": "like", "value": "*"},
+        {"op": "any_of", "value": ["x", "y"]},
+        {"op": "none_of", "value": ["x"]},
+        {"op": "eq", "value": 1},
+    ]
+    for condition in conditions:
+        as_used = found(b, {"field": f"meta.{used_by_a}", **condition})
+        as_unused = found(b, {"field": f"meta.{never_used}", **condition})
+        assert as_used == as_unused, condition  # no error, no difference: B learns nothing of A's keys
+    assert found(a, {"field": f"meta.{used_by_a}", "op": "eq", "value": "x"}) == ["a-doc"]
