@@ -76,6 +76,14 @@ class TenantRegistry:
                 raise NotFoundError(f"no tenant {name!r}")
             data["tokens"] = {d: t for d, t in data["tokens"].items() if t["tenant"] != name}
 
+    def revoke_all(self, name: str) -> int:
+        """Revoke every token of a tenant (the first step of removing it: its access ends before its data)."""
+        with self._writing() as data:
+            kept = {d: t for d, t in data["tokens"].items() if t["tenant"] != name}
+            revoked = len(data["tokens"]) - len(kept)
+            data["tokens"] = kept
+        return revoked
+
     def issue_token(self, tenant: str, label: str = "") -> str:
         """A new token for `tenant`; it is shown once and stored only as a digest."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)

@@ -80,10 +80,10 @@ def tenants_remove(
     if not yes:
         console.print(f"this deletes every document of {name!r}; run again with --yes to confirm")
         raise typer.Exit(1)
+    from orchestrion.knowledge import remove_tenant
+
     with _rag() as rag:
-        rag.registry.remove_tenant(name)
-        rag.store.delete_tenant(name)
-        rag.activity.forget(name)
+        remove_tenant(rag, name)
     console.print(f"tenant {name!r} removed")
 
 

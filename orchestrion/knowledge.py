@@ -6,6 +6,7 @@ deployment's own credentials, so unlike the API and MCP it may name a tenant.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.errors import InvalidInputError
+from core.errors import InvalidInputError, NotFoundError
 from core.settings import Settings
 from core.stack import StackRecord
 from core.tenancy import tenant_registry
@@ -36,13 +37,30 @@ def provision(rag: RagServices, tenant: str) -> bool:
     return created
 
 
-def files_under(paths: Iterable[Path]) -> list[Path]:
-    found: list[Path] = []
+def remove_tenant(rag: RagServices, tenant: str) -> None:
+    """Access first, then data, then the name: a removal cut short is finished by running it again, and the
+    name is free only once nothing of the tenant is left (a tenant added again under it starts empty)."""
+    registered = rag.registry.has_tenant(tenant)
+    rag.registry.revoke_all(tenant)
+    stored = rag.store.delete_tenant_everywhere(tenant)
+    if not registered and not stored:
+        raise NotFoundError(f"no tenant {tenant!r}")
+    rag.jobs.forget_tenant(tenant)
+    rag.activity.forget(tenant)
+    if registered:
+        rag.registry.remove_tenant(tenant)
+
+
+def files_under(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """Each file to ingest and its doc id: its path under the folder given (`a/README.md` and `b/README.md`
+    are two documents), or its name when the file itself was given."""
+    found: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
+            found.extend((f, _doc_id(f.relative_to(path).parts)) for f in files)
         elif path.is_file():
-            found.append(path)
+            found.append((path, _doc_id((path.name,))))
         else:
             raise InvalidInputError(f"{path} does not exist")
     if not found:
@@ -50,11 +68,19 @@ def files_under(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+def _doc_id(parts: Sequence[str]) -> str:
+    """A doc id of path parts, each in the characters doc ids allow."""
+    return "/".join(re.sub(r"[^A-Za-z0-9._:@-]+", "-", part).strip("-.") or "-" for part in parts)[-200:].lstrip("/")
+
+
 def ingest_files(
-    rag: RagServices, tenant: str, files: Sequence[Path], console: Console, *, tags: Sequence[str] = ()
+    rag: RagServices, tenant: str, files: Sequence[tuple[Path, str]], console: Console, *, tags: Sequence[str] = ()
 ) -> list[JobStatus]:
     """Submit every file (all validated first), then follow the jobs with a progress bar until they end."""
-    submissions = [Submission(content=f.read_bytes(), filename=f.name, source=str(f), tags=tuple(tags)) for f in files]
+    submissions = [
+        Submission(content=f.read_bytes(), filename=f.name, doc_id=doc_id, source=str(f), tags=tuple(tags))
+        for f, doc_id in files
+    ]
     jobs = rag.ingest.submit(tenant, submissions)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip

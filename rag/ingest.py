@@ -81,6 +81,14 @@ class IngestService:
             raise InvalidInputError("no documents given")
         self.store.require_tenant(tenant)
         accepted = [self._validate(s, position) for position, s in enumerate(submissions)]
+        first_of: dict[str, _Accepted] = {}
+        for position, doc in enumerate(accepted):
+            same_id = first_of.setdefault(str(doc.meta["doc_id"]), doc)
+            if same_id.content_hash != doc.content_hash:  # the same document twice is fine: one job
+                raise InvalidInputError(
+                    f"document {position} has doc_id {doc.meta['doc_id']!r}, like another document of this "
+                    "submission: give each its own doc_id"
+                )
         keys = [
             f"caller:{idempotency_key}:{position}" if idempotency_key else f"content:{doc.content_hash}"
             for position, doc in enumerate(accepted)
@@ -269,7 +277,8 @@ class IngestService:
             ingested_at=now_iso(),
         )
         stored = [StoredChunk(c.index, c.text, c.heading_path, _sha(c.embed_text.encode())) for c in chunks]
-        written = self.store.write_document(tenant, info, stored, vectors)
+        with self.jobs.writing_document(tenant, doc_id):
+            written = self.store.write_document(tenant, info, stored, vectors)
         return self.jobs.update(status, state=JobState.DONE, result=asdict(written))
 
     def _unchanged(self, tenant: str, doc_id: str, content_hash: str, chunk_count: int) -> bool:

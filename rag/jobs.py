@@ -19,18 +19,22 @@ rather than all together.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import redis
+import redis.lock
 
-from core.errors import NotFoundError
+from core.errors import NotFoundError, OrchestrionError
 
+log = logging.getLogger(__name__)
 # How long a producer may take from admission to a confirmed enqueue before another
 # process takes the job over; a slow producer then costs a duplicate task (idempotent).
 ENQUEUE_GRACE_S = 60.0
@@ -45,6 +49,10 @@ RETRY_AFTER_MAX_S = 300
 # dry then), at most HORIZON_MAX_S. A longer wait is told shorter, growing with its log: the client comes
 # back early and is told again, at the pace measured meanwhile, rather than sleep through its turn while
 # the workers idle.
+# How long one write of a document may hold its lock (a worker that died holding it frees it then), and how
+# long another write of the same document waits for it.
+DOCUMENT_LOCK_S = 600
+DOCUMENT_LOCK_WAIT_S = 900.0
 HORIZON_MIN_S = 5.0
 HORIZON_MAX_S = 60.0
 # Weight of the newest gap between job starts in the moving average of the pace (after a plain mean of the
@@ -336,6 +344,34 @@ class JobStore:
         held = {key: _bytes(job_id).decode() for key, job_id in zip(keys, holders, strict=True) if job_id}
         records = self._redis.mget([self._job_key(job_id) for job_id in held.values()]) if held else []
         return {key: _decode(_bytes(raw)) for key, raw in zip(held, records, strict=True) if raw}
+
+    @contextmanager
+    def writing_document(self, tenant: str, doc_id: str) -> Iterator[None]:
+        """Held while a job writes a document: two versions written at once would each keep their chunks.
+        The later write waits, then makes the document exactly its own version."""
+        lock = redis.lock.Lock(
+            self._redis,
+            f"{self._prefix}:doclock:{tenant}:{doc_id}",
+            timeout=DOCUMENT_LOCK_S,
+            blocking_timeout=DOCUMENT_LOCK_WAIT_S,
+        )
+        if not lock.acquire():
+            raise OrchestrionError(f"another job kept writing document {doc_id!r} for over {DOCUMENT_LOCK_WAIT_S:.0f}s")
+        try:
+            yield
+        finally:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:  # held past its timeout: another write may have begun meanwhile
+                log.warning("the write of document %r of %s outlasted its lock", doc_id, tenant)
+
+    def forget_tenant(self, tenant: str) -> int:
+        """Drop a removed tenant's idempotency keys: a tenant added again under its name starts afresh.
+        (Tenant names hold no glob characters.) Its job records expire with their TTL."""
+        keys = list(self._redis.scan_iter(match=self._idem_key(tenant, "*"), count=1000))
+        for start in range(0, len(keys), 500):
+            self._redis.delete(*keys[start : start + 500])
+        return len(keys)
 
     def enqueued(self, job_ids: Sequence[str]) -> None:
         """The producer confirms these jobs are on the queue: nobody needs to take them over."""

@@ -199,6 +199,21 @@ class ChunkStore:
                 collection.tenants.remove([tenant])
         self._tenants.forget(tenant)
 
+    def delete_tenant_everywhere(self, tenant: str) -> bool:
+        """Delete the tenant from this model's collections and every other model's (data not yet moved by
+        `reindex`). Returns whether it was found anywhere."""
+        found = self.has_tenant(tenant)
+        self.delete_tenant(tenant)
+        for chunks_name in recorded_specs(self.client):
+            if chunks_name == self.chunks_name:
+                continue
+            for name in (chunks_name, "Docs_" + chunks_name.removeprefix("Chunks_")):
+                collection = self.client.collections.use(name)
+                if self.client.collections.exists(name) and collection.tenants.get_by_name(tenant) is not None:
+                    collection.tenants.remove([tenant])
+                    found = True
+        return found
+
     def has_tenant(self, tenant: str) -> bool:
         return self.client.collections.use(self.chunks_name).tenants.get_by_name(tenant) is not None
 

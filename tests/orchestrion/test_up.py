@@ -156,9 +156,18 @@ def test_terminal_commands_provision_ingest_and_search(full_stack: UpRun, tmp_pa
     code, _, out = _cli(data_dir, "ingest", str(doc), "--tenant", tenant, "--tag", "fauna")
     assert code == 0 and "1 document(s) ingested: 1 chunks written, 0 unchanged" in out, out
 
+    # A folder: each file's doc id is its path under it, so two README.md files are two documents.
+    for part, animal in (("a", "The quokka smiles on Rottnest Island."), ("b", "The axolotl regrows its limbs.")):
+        (tmp_path / "docs" / part).mkdir(parents=True)
+        (tmp_path / "docs" / part / "README.md").write_text(f"# {part}\n\n{animal}\n")
+    code, _, out = _cli(data_dir, "ingest", str(tmp_path / "docs"), "--tenant", tenant)
+    assert code == 0 and "2 document(s) ingested: 2 chunks written" in out, out
+
     # Another tenant than the default: searched in this process, with the tenant's own filter.
     code, _, out = _cli(data_dir, "search", "giraffid with striped legs", "--tenant", tenant, "--tag", "fauna")
     assert code == 0 and "okapi.md #0" in out and "Okapi" in out, out
+    code, _, out = _cli(data_dir, "search", "regrows its limbs", "--tenant", tenant, "--mode", "keyword", "--k", "1")
+    assert code == 0 and "b/README.md #0" in out, out
     # Made the default by settings: the local token is still the first default's, so not through the API.
     before = _searches_served(urls["api_url"])
     code, _, out = _cli(data_dir, "search", "giraffid with striped legs", ORCHESTRION_TENANTS__DEFAULT=tenant)

@@ -12,12 +12,14 @@ import uuid
 import httpx
 import pytest
 
-from orchestrion.knowledge import provision
+from core.errors import NotFoundError
+from orchestrion.knowledge import provision, remove_tenant
+from rag.ingest import Submission
 from rag.search import SearchRequest, search
 from rag.services import RagServices
 from tests.conftest import ApiServer
 from tests.mcp_client import call, http, text_of, tool_schemas
-from tests.rag.helpers import GUIDE, ingest_text
+from tests.rag.helpers import GUIDE, ingest_text, wait_jobs
 
 SECRET = GUIDE.replace("Payments guide", "Acme payments guide (confidential)")
 
@@ -161,3 +163,25 @@ def test_metadata_keys_and_types_of_one_tenant_neither_constrain_nor_show_to_ano
         as_unused = found(b, {"field": f"meta.{never_used}", **condition})
         assert as_used == as_unused, condition  # no error, no difference: B learns nothing of A's keys
     assert found(a, {"field": f"meta.{used_by_a}", "op": "eq", "value": "x"}) == ["a-doc"]
+
+
+def test_a_removed_tenant_added_again_under_its_name_starts_empty(rag: RagServices) -> None:
+    name = f"r-{uuid.uuid4().hex[:8]}"
+    provision(rag, name)
+    token = rag.registry.issue_token(name, "before")
+    doc = Submission(SECRET.encode(), "plan.md")
+    [before] = rag.ingest.submit(name, [doc], idempotency_key="plan-upload")
+    wait_jobs(rag, name, [before])
+
+    remove_tenant(rag, name)
+    assert rag.registry.tenant_for_token(token) is None and not rag.registry.has_tenant(name)
+    with pytest.raises(NotFoundError):
+        remove_tenant(rag, name)
+
+    provision(rag, name)
+    assert rag.store.list_documents(name, 10, 0) == []
+    assert rag.registry.tenant_for_token(token) is None  # the old token does not come back with the name
+    [after] = rag.ingest.submit(name, [doc], idempotency_key="plan-upload")  # the key is the new tenant's
+    assert after.job_id != before.job_id
+    [after] = wait_jobs(rag, name, [after])
+    assert after.result["written"] > 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from core.errors import IdempotencyKeyReusedError, InvalidInputError
+from core.errors import IdempotencyKeyReusedError, InvalidInputError, NotFoundError
 from rag import store as store_module
 from rag.ingest import Submission
+from rag.jobs import JobState
 from rag.search import SearchRequest, search
 from rag.services import RagServices
 from rag.store import DocumentInfo, StoredChunk, now_iso
@@ -142,6 +145,33 @@ def test_a_document_longer_than_a_page_reads_back_whole(
         (i, f"part {i}") for i in range(7)
     ]
     assert len(rag.store.existing_chunk_ids(tenant, "long")) == 7
+
+
+def test_a_documents_write_waits_while_another_write_of_it_holds_the_document(rag: RagServices, tenant: str) -> None:
+    """Two versions written at once would each keep their chunks behind one record: writes take turns."""
+    with rag.jobs.writing_document(tenant, "locked"):
+        [job] = rag.ingest.submit(tenant, [Submission(GUIDE.encode(), "doc.md", doc_id="locked")])
+        deadline = time.monotonic() + 120
+        while rag.ingest.status(tenant, job.job_id).state != JobState.STORING:
+            assert time.monotonic() < deadline, rag.ingest.status(tenant, job.job_id)
+            time.sleep(0.1)
+        time.sleep(1.5)
+        assert rag.ingest.status(tenant, job.job_id).state == JobState.STORING  # waiting for the lock
+        with pytest.raises(NotFoundError):
+            rag.store.document(tenant, "locked")
+    [done] = wait_jobs(rag, tenant, [job])
+    assert done.state == JobState.DONE and rag.store.document(tenant, "locked").chunk_count > 0
+
+
+def test_two_documents_of_one_submission_cannot_share_a_doc_id(rag: RagServices, tenant: str) -> None:
+    one = Submission(b"# One\n\nThe first.", "a/README.md", doc_id="README.md")
+    other = Submission(b"# Other\n\nThe second.", "b/README.md", doc_id="README.md")
+    with pytest.raises(InvalidInputError, match=r"document 1 has doc_id 'README\.md', like another"):
+        rag.ingest.submit(tenant, [one, other])
+    assert rag.store.list_documents(tenant, 10, 0) == []
+    [job, again] = rag.ingest.submit(tenant, [one, one])  # the same document twice: one job
+    assert job.job_id == again.job_id
+    wait_jobs(rag, tenant, [job])
 
 
 @pytest.mark.parametrize(
