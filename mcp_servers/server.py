@@ -46,11 +46,14 @@ def build_server(
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[None]:
+        from observability.tracing import init_tracing
         from workers.client import open_rag_with_queue
 
+        # Like the API server's: tool calls, their searches and model generations are traced.
+        tracing = init_tracing(settings, "mcp")
         rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings, True)
         deps.rag = rag
-        attach_models(deps, settings, rag)
+        attach_models(deps, settings, rag, tracing.langfuse)
         # In the background: a stdio client waits for `initialize`, and a search that comes
         # first simply waits for the same model start.
         threading.Thread(target=warm_up, args=(rag.embedder,), name="embedder-warm-up", daemon=True).start()
@@ -58,6 +61,7 @@ def build_server(
         try:
             yield
         finally:
+            tracing.shutdown()  # first: a stdio client ends its server 2 s after closing its input
             rag.close()
 
     server: MCPServer = MCPServer(

@@ -200,7 +200,8 @@ end
 for _, c in ipairs(order) do
   if not skipped[c] and not c.full then
     if c.closed then return admit(c, 0) end
-    if not c.is_open and redis.call('SET', c.probe, '1', 'NX', 'PX', probe_ms) then
+    -- The probe's slot lasts as long as its call may (its lease), so a slow probe is not joined by a second.
+    if not c.is_open and redis.call('SET', c.probe, '1', 'NX', 'PX', math.max(tonumber(probe_ms), c.lease_ms)) then
       return admit(c, 1)  -- half-open: this call is the one probe
     end
     skipped[c] = true  -- round robin lists a weighted candidate more than once
@@ -230,12 +231,18 @@ if outcome == 'ok' then
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
   return 0
+elseif outcome == 'release' then
+  -- A probe whose caller went away has proved nothing: the next call may probe at once.
+  if ARGV[10] == '1' then redis.call('DEL', KEYS[6]) end
+  return 0
 elseif outcome == 'retry_after' then
   redis.call('SET', KEYS[5], '1', 'PX', ARGV[9])
   redis.call('DEL', KEYS[6])
   return 1
 elseif outcome == 'failed' then
   if redis.call('INCR', KEYS[4]) < tonumber(ARGV[6]) then return 0 end
+  -- Calls that were in flight when it opened fail too: they find it open, and only a failed probe reopens it.
+  if redis.call('EXISTS', KEYS[5]) == 1 and ARGV[10] ~= '1' then return 1 end
   -- Each reopening doubles the cooldown, up to the maximum.
   local previous = tonumber(redis.call('GET', KEYS[7]) or (tonumber(ARGV[7]) / 2))
   local cooldown = math.min(tonumber(ARGV[8]), previous * 2)
@@ -296,7 +303,9 @@ class HealthSettings(BaseModel):
     failures_to_open: int = Field(default=3, ge=1, description="Consecutive failures that open a circuit.")
     cooldown_s: float = Field(default=10.0, gt=0, description="First open period; doubles on each reopening.")
     max_cooldown_s: float = Field(default=120.0, gt=0)
-    probe_timeout_s: float = Field(default=30.0, gt=0, description="How long a half-open probe holds its slot.")
+    probe_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a half-open probe holds its slot, at least (its lease, if longer)."
+    )
     ewma_alpha: float = Field(default=0.3, gt=0, le=1, description="Weight of a new call in the latency EWMA.")
     latency_memory_s: float = Field(default=30.0, gt=0, description="A latency estimate expires this long unfed.")
     lease_margin_s: float = Field(

@@ -9,18 +9,21 @@ silently retried: the caller would see text twice.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages.ai import add_usage
 from langfuse import Langfuse
 from pydantic import SecretStr
 
@@ -76,11 +79,19 @@ class _Ask:
     on_token: OnToken | None
 
 
+# Chat models kept per event loop, the most recently used (a model per deployment and parameters).
+CHAT_MODELS_KEPT = 64
+# The request itself is what the provider refused (too long for the context, a bad parameter): any
+# deployment would refuse it too, so it is neither retried nor held against the deployment.
+REQUEST_REFUSED = {400, 413, 422}
+
+
 @dataclass(frozen=True)
 class _Failure:
-    retryable: bool
+    retryable: bool  # worth the same deployment again (after a backoff)
     retry_after_s: float | None
     reason: str
+    request_refused: bool = False  # the caller's request is at fault: stop, and count nothing against anyone
 
 
 def classify(exc: BaseException) -> _Failure:
@@ -88,6 +99,10 @@ def classify(exc: BaseException) -> _Failure:
         header = exc.response.headers.get("retry-after") if exc.response is not None else None
         return _Failure(True, float(header) if header and header.replace(".", "", 1).isdigit() else None, "429")
     if isinstance(exc, openai.APIStatusError):
+        if exc.status_code in REQUEST_REFUSED:  # the provider's own words: they say what to change
+            body = exc.body if isinstance(exc.body, dict) else {}
+            said = str(body.get("message") or exc.message)[:300]
+            return _Failure(False, None, f"HTTP {exc.status_code}: {said}", request_refused=True)
         return _Failure(exc.status_code >= 500, None, f"HTTP {exc.status_code}")
     if isinstance(exc, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError):
         return _Failure(True, None, "timeout")
@@ -113,10 +128,10 @@ def to_messages(messages: list[dict[str, str]]) -> list[BaseMessage]:
     return out
 
 
-def chat_model(d: Deployment, max_tokens: int, temperature: float, http: httpx.AsyncClient) -> BaseChatModel:
-    import os
-
-    key = os.environ.get(d.api_key_env, "") if d.api_key_env else ""
+def chat_model(
+    d: Deployment, max_tokens: int, temperature: float, http: httpx.AsyncClient, key: str = ""
+) -> BaseChatModel:
+    """`key`: the deployment's API key (ModelClient resolves its `api_key_env`)."""
     if d.provider == "openai":
         from langchain_openai import ChatOpenAI
 
@@ -138,6 +153,8 @@ def chat_model(d: Deployment, max_tokens: int, temperature: float, http: httpx.A
     kwargs: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens, "timeout": d.timeout_s}
     if d.base_url:
         kwargs["base_url"] = d.base_url
+    if key:
+        kwargs["api_key"] = key
     model: BaseChatModel = init_chat_model(d.model, model_provider=d.provider, **kwargs)
     return model
 
@@ -151,7 +168,11 @@ class ModelClient:
         ledger: Ledger,
         cache: ResponseCache,
         langfuse: Langfuse | None = None,
+        api_keys: Mapping[str, str] | None = None,
     ) -> None:
+        """`api_keys`: key by variable name, as settings read them (from the environment or `.env`); the process
+        environment is looked up for a variable they do not name."""
+        self._api_keys = dict(api_keys or {})
         self.fleet = fleet
         self.router = router
         self.balancer = balancer
@@ -165,17 +186,26 @@ class ModelClient:
             weakref.WeakKeyDictionary()
         )
         self._models: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[str, int, float], BaseChatModel]
+            asyncio.AbstractEventLoop, OrderedDict[tuple[str, int, float], BaseChatModel]
         ] = weakref.WeakKeyDictionary()
 
     def _chat_model(self, d: Deployment, max_tokens: int, temperature: float) -> BaseChatModel:
         """Chat models are reused per loop and parameters: building one costs milliseconds of CPU."""
         loop = asyncio.get_running_loop()
-        models = self._models.setdefault(loop, {})
+        models = self._models.setdefault(loop, OrderedDict())
         key = (d.name, max_tokens, temperature)
-        if key not in models:
-            models[key] = chat_model(d, max_tokens, temperature, self._http_client())
+        if key in models:
+            models.move_to_end(key)
+        else:
+            models[key] = chat_model(d, max_tokens, temperature, self._http_client(), self._api_key(d))
+            if len(models) > CHAT_MODELS_KEPT:  # callers choose the parameters: keep the recent ones only
+                models.popitem(last=False)
         return models[key]
+
+    def _api_key(self, d: Deployment) -> str:
+        if not d.api_key_env:
+            return ""
+        return self._api_keys.get(d.api_key_env) or os.environ.get(d.api_key_env, "")
 
     def _http_client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -197,7 +227,10 @@ class ModelClient:
     ) -> Completion:
         chat = to_messages(messages)
         policy = self.fleet.policy_for(tenant)
-        decision = self.router.decide(str(chat[-1].content), hint=hint, needs_tools=needs_tools, policy=policy)
+        # Off the event loop: the classifier embeds the prompt, which can wait on the model process.
+        decision = await asyncio.to_thread(
+            self.router.decide, str(chat[-1].content), hint=hint, needs_tools=needs_tools, policy=policy
+        )
         decision = await self._within_budget(tenant, decision)
         from observability.instruments import model_metrics
 
@@ -212,7 +245,9 @@ class ModelClient:
             if on_token is not None:
                 await on_token(completion.text)
             return completion
-        completion = await self._call(decision, _Ask(chat, max_tokens, temperature, on_token))
+        # A tier the tenant's policy chose (forced, capped, downgraded) is not left for a dearer one.
+        highest = decision.tier if decision.stage == "policy" else policy.max_tier or self.fleet.tiers[-1]
+        completion = await self._call(decision, _Ask(chat, max_tokens, temperature, on_token), highest)
         cost_tier = next(d for d in self.fleet.deployments if d.name == completion.deployment).tier
         await self.ledger.record(tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd)
         stored = completion.public()
@@ -233,11 +268,12 @@ class ModelClient:
             return Decision(cheapest, "policy", f"over budget (${spent:.4f} of ${policy.budget_usd}): downgraded")
         raise BudgetExceededError(f"tenant {tenant!r} has spent ${spent:.4f} of its ${policy.budget_usd} budget")
 
-    async def _call(self, decision: Decision, ask: _Ask) -> Completion:
+    async def _call(self, decision: Decision, ask: _Ask, highest: str) -> Completion:
+        """Deployments of the decided tier, then (if the fleet falls back) of the tiers above it up to `highest`."""
         attempts: list[str] = []
         tiers = self.fleet.tiers
         start = tiers.index(decision.tier)
-        order = tiers[start:] if self.fleet.fallback_to_next_tier else [decision.tier]
+        order = tiers[start : tiers.index(highest) + 1] if self.fleet.fallback_to_next_tier else [decision.tier]
         for tier in order:
             tried: set[str] = set()
             while (lease := await self.balancer.pick(tier, self.fleet.in_tier(tier), tried)) is not None:
@@ -256,6 +292,8 @@ class ModelClient:
                                                         decision.score, decision.threshold)  # fmt: skip
                         return outcome
                     failure, opened = outcome
+                    if failure.request_refused:
+                        raise InvalidInputError(f"the model refused the request ({deployment.name}: {failure.reason})")
                     attempts.append(f"{deployment.name}: {failure.reason}")
                     if opened or not failure.retryable:
                         break
@@ -281,6 +319,9 @@ class ModelClient:
             raise
         except Exception as exc:  # noqa: BLE001 - classified here; only deliberate errors escape
             failure = classify(exc)
+            if failure.request_refused:
+                await state.release(lease)
+                return failure, False
             return failure, await state.failed(lease, failure.retry_after_s)
         except BaseException:
             # Cancelled: free the slot now, not when the lease expires; shielded so that the
@@ -338,8 +379,8 @@ class ModelClient:
         try:
             async with asyncio.timeout(d.timeout_s):
                 async for chunk in model.astream(ask.chat):
-                    if chunk.usage_metadata:
-                        usage = dict(chunk.usage_metadata)
+                    if chunk.usage_metadata:  # providers split it over chunks (input first, output last)
+                        usage = dict(add_usage(cast(Any, usage), chunk.usage_metadata))
                     text = chunk.content if isinstance(chunk.content, str) else ""
                     if not text:
                         continue

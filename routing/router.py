@@ -73,8 +73,8 @@ class Router:
         if hint:
             return Decision(hint, "hint", "the caller asked for this tier")
         verdict = apply_rules(text, self.rules, needs_tools=needs_tools)
-        if verdict is not None:
-            return Decision(verdict.tier, "rule", verdict.reason)
+        if verdict is not None:  # the rules speak of the cheapest and the largest tier, whatever their names
+            return Decision(self.tiers[-1] if verdict.tier == "large" else self.tiers[0], "rule", verdict.reason)
         if self.classifier is None:
             return Decision(self.tiers[-1], "rule", "no classifier trained: the largest tier is the safe default")
         [score] = self.classifier.probability(self._embed([text]))

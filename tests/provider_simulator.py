@@ -28,8 +28,10 @@ class Behaviour:
     status: int = 200  # answer this status instead (429, 500, ...)
     retry_after_s: int | None = None
     tokens: int = 5
+    split_usage: bool = False  # stream usage in parts, as some providers do: prompt tokens first, output last
     calls: int = 0
     started: list[float] = field(default_factory=list)
+    authorization: str = ""  # the last request's Authorization header
 
 
 class ProviderSimulator:
@@ -56,6 +58,7 @@ class ProviderSimulator:
         b = self.behaviour
         b.calls += 1
         b.started.append(time.monotonic())
+        b.authorization = request.headers.get("authorization", "")
         if b.status != 200:
             headers = {"Retry-After": str(b.retry_after_s)} if b.retry_after_s is not None else {}
             return JSONResponse({"error": {"message": f"simulated {b.status}"}}, b.status, headers=headers)
@@ -66,10 +69,19 @@ class ProviderSimulator:
         return StreamingResponse(self._events(words), media_type="text/event-stream")
 
     async def _events(self, words: list[str]) -> Any:
-        for word in words:
-            chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.name,
-                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}  # fmt: skip
+        split = self.behaviour.split_usage
+        for i, word in enumerate(words):
+            delta = {"index": 0, "delta": {"content": word}, "finish_reason": None}
+            chunk: dict[str, Any] = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.name,
+                                     "choices": [delta]}  # fmt: skip
+            if split and i == 0:
+                chunk["usage"] = {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}
             yield f"data: {json.dumps(chunk)}\n\n"
+        if split:
+            usage = {"prompt_tokens": 0, "completion_tokens": len(words), "total_tokens": len(words)}
+            last = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.name, "choices": [],
+                    "usage": usage}  # fmt: skip
+            yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
     def close(self) -> None:

@@ -22,9 +22,12 @@ from tests.rag.helpers import GUIDE, ingest_text
 INSPECTOR = "@modelcontextprotocol/inspector@2.12.0"
 
 
-def test_stdio_server_serves_the_local_default_tenant(rag: RagServices, tenant: str, stack_env: dict[str, str]) -> None:
+def test_stdio_server_serves_the_local_default_tenant(
+    rag: RagServices, tenant: str, stack_env: dict[str, str], otlp: OtlpReceiver
+) -> None:
     ingest_text(rag, tenant, GUIDE, doc_id="payments")
     env = {**stack_env, "ORCHESTRION_TENANTS__DEFAULT": tenant}
+    earlier_spans = len(otlp.spans)
 
     search, listing = call(
         stdio(env, "retrieval"),
@@ -36,6 +39,12 @@ def test_stdio_server_serves_the_local_default_tenant(rag: RagServices, tenant: 
     assert search.structured_content["hits"][0]["doc_id"] == "payments"
     assert listing.structured_content is not None
     assert [d["doc_id"] for d in listing.structured_content["documents"]] == ["payments"]
+    # Traced like the API server: the tool call and the search under it, from the stdio server's process.
+    [tool, *_] = otlp.wait_for(
+        lambda s: s.name == "tools/call search_documents" and s.service == "orchestrion-mcp"
+        and s in otlp.spans[earlier_spans:]
+    )  # fmt: skip
+    assert {s.name for s in otlp.spans if s.parent_span_id == tool.span_id} == {"embed query", "weaviate query"}
 
 
 def test_ingest_over_http_reports_progress_then_the_job(rag: RagServices, tenant: str, api_server: ApiServer) -> None:

@@ -236,6 +236,31 @@ def test_failures_open_the_circuit_then_one_probe_closes_it(valkey: str, key_pre
     run(scenario, state)
 
 
+def test_calls_failing_together_open_the_circuit_once_and_a_released_probe_frees_its_slot(
+    valkey: str, key_prefix: str
+) -> None:
+    state = _state(valkey, key_prefix, failures_to_open=2, cooldown_s=0.5, probe_timeout_s=5)
+    balancer = Balancer(state, "round_robin")
+
+    async def status(name: str) -> str:
+        return (await state.snapshot([name]))[name].status
+
+    async def scenario() -> None:
+        in_flight = [await _on(balancer, "b") for _ in range(6)]  # a deployment dies with 6 calls on it
+        opened = [await state.failed(lease) for lease in in_flight]
+        assert opened == [False, True, True, True, True, True]
+        await asyncio.sleep(0.7)  # one opening: cooldown_s (0.5 s), not doubled by each later failure
+        assert await status("b") == "half-open"
+
+        probe = await balancer.pick("small", [NODES[1]])
+        assert probe is not None and probe.probe
+        await state.release(probe)  # its caller went away: it proved nothing, so the next call probes
+        again = await balancer.pick("small", [NODES[1]])
+        assert again is not None and again.probe
+
+    run(scenario, state)
+
+
 def test_retry_after_opens_for_that_long_and_no_healthy_node_means_none(valkey: str, key_prefix: str) -> None:
     state = _state(valkey, key_prefix)
     balancer = Balancer(state, "least_connections")

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from core.errors import ConfigurationError, InvalidInputError
 from core.settings import Settings
 from orchestrion.launcher import services
 from orchestrion.launcher.ports import PortBook
@@ -22,19 +23,23 @@ from routing.fleet import Deployment, Fleet, embedded_fleet
 from routing.ledger import Ledger, ResponseCache
 from routing.redis_loop import LoopRedis
 from routing.router import Router, TenantPolicy
+from routing.services import api_keys, configured_fleet
 from tests.conftest import CONSOLE
 from tests.provider_simulator import ProviderSimulator
 
 ASK = [{"role": "user", "content": "Name a primary colour."}]
 
 
-def _client(valkey: str, fleet: Fleet, policy: str = "least_connections", **health: float) -> ModelClient:
+def _client(
+    valkey: str, fleet: Fleet, policy: str = "least_connections", api_keys: dict[str, str] | None = None,
+    **health: float,
+) -> ModelClient:  # fmt: skip
     redis_loop = LoopRedis(valkey)
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     state = FleetState(redis_loop, prefix, HealthSettings(**health))  # type: ignore[arg-type]
     router = Router(fleet.rules, None, lambda texts: [[0.0] for _ in texts], fleet.tiers)
     return ModelClient(fleet, router, Balancer(state, policy), Ledger(redis_loop, prefix),  # type: ignore[arg-type]
-                       ResponseCache(redis_loop, prefix, fleet.cache_ttl_s))  # fmt: skip
+                       ResponseCache(redis_loop, prefix, fleet.cache_ttl_s), api_keys=api_keys)  # fmt: skip
 
 
 def _complete(client: ModelClient, tenant: str = "acme", **kwargs: object) -> object:
@@ -195,6 +200,61 @@ def test_budget_refuses_or_downgrades(valkey: str, simulators: list[ProviderSimu
     _complete(client, tenant="frugal", bypass_cache=True)
     downgraded = _complete(client, tenant="frugal", bypass_cache=True)
     assert "over budget" in downgraded.decision.reason  # type: ignore[attr-defined]
+
+
+def test_a_request_the_provider_refuses_is_neither_retried_nor_held_against_anyone(
+    valkey: str, simulators: list[ProviderSimulator]
+) -> None:
+    for sim in simulators:
+        sim.behaviour.status = 400  # e.g. a prompt over the context length: every deployment would refuse it
+    client = _client(valkey, _sim_fleet(simulators), failures_to_open=1)
+    for _ in range(3):
+        refused = r"the model refused the request \(sim-.: HTTP 400: simulated 400\)"
+        with pytest.raises(InvalidInputError, match=refused):
+            _complete(client, bypass_cache=True)
+    assert sum(s.behaviour.calls for s in simulators) == 3  # one deployment each time, no retry, no failover
+    assert all(_health(client, s.name).status == "closed" for s in simulators)  # no circuit opened
+
+
+def test_a_tier_the_tenants_policy_caps_does_not_fall_back_above_it(
+    valkey: str, simulators: list[ProviderSimulator]
+) -> None:
+    small, large = simulators
+    small.behaviour.status = 503
+    fleet = _sim_fleet(simulators)
+    fleet.deployments[1] = fleet.deployments[1].model_copy(update={"tier": "large"})
+    fleet.tenants["capped"] = TenantPolicy(max_tier="small")
+    client = _client(valkey, fleet)
+    with pytest.raises(ModelUnavailableError):
+        _complete(client, tenant="capped", bypass_cache=True)
+    assert large.behaviour.calls == 0
+    answer = _complete(client, tenant="free", bypass_cache=True)  # no cap: small fails, large answers
+    assert answer.deployment == large.name  # type: ignore[attr-defined]
+
+
+def test_usage_streamed_in_parts_is_added_up(valkey: str, simulators: list[ProviderSimulator]) -> None:
+    for sim in simulators:
+        sim.behaviour.split_usage = True
+    answer = _complete(_client(valkey, _sim_fleet(simulators)), bypass_cache=True)
+    assert (answer.tokens_in, answer.tokens_out, answer.usage_estimated) == (7, 5, False)  # type: ignore[attr-defined]
+
+
+def test_a_deployments_key_comes_from_settings_as_well_as_the_environment(
+    valkey: str, simulators: list[ProviderSimulator]
+) -> None:
+    fleet = _sim_fleet(simulators)
+    fleet.deployments = [d.model_copy(update={"api_key_env": "SIM_KEY_FROM_DOTENV"}) for d in fleet.deployments]
+    answer = _complete(_client(valkey, fleet, api_keys={"SIM_KEY_FROM_DOTENV": "sk-test-1"}), bypass_cache=True)
+    sim = next(s for s in simulators if s.name == answer.deployment)  # type: ignore[attr-defined]
+    assert sim.behaviour.authorization == "Bearer sk-test-1"
+    settings = Settings(models={"openai_api_key": "sk-from-dotenv"})  # type: ignore[arg-type]
+    assert api_keys(settings) == {"OPENAI_API_KEY": "sk-from-dotenv"}
+
+
+def test_a_provider_url_without_models_says_to_write_a_fleet_file() -> None:
+    settings = Settings(models={"openai_base_url": "http://127.0.0.1:9/v1"})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"OPENAI_BASE_URL is set, but not which models .*FLEET_FILE"):
+        configured_fleet(settings)
 
 
 def test_fleet_file_errors_name_the_field(tmp_path: Path) -> None:

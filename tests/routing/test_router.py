@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 
 from core.errors import InvalidInputError
-from rag.embedding import LocalEmbedder
+from rag.embedding import Embedder, EmbeddingSpec, LocalEmbedder
 from routing.classifier import ARTEFACT, DATASET, Classifier, evaluate, load_examples
 from routing.router import Router, TenantPolicy
 from routing.rules import RuleSettings, apply_rules
+from routing.services import usable_classifier
 
 # Documented thresholds (README, bench/RESULTS.md): the router keeps >= 95% of complex
 # requests on the large tier while sending at most half of the held-out mix there.
@@ -70,3 +72,18 @@ def test_shipped_artefact_was_trained_on_the_shipped_data() -> None:
     recorded = json.loads(ARTEFACT.read_text())
     assert recorded["metrics"]["dataset_sha256"] == hashlib.sha256(DATASET.read_bytes()).hexdigest()
     assert len(recorded["weights"]) == 384 and recorded["embedding_model"] == "all-MiniLM-L6-v2"
+
+
+def test_rules_name_the_cheapest_and_largest_of_any_tiers() -> None:
+    tiers = ["mini", "mid", "max"]
+    router = Router(RuleSettings(short_prompt_words=8), None, lambda texts: [[0.0] for _ in texts], tiers)
+    assert router.decide("word " * 500).tier == "max"
+    assert router.decide("hello there").tier == "mini"
+
+
+def test_a_classifier_trained_on_another_embedding_model_is_not_used() -> None:
+    class OtherModel:  # an embedder of another model: only its spec is read
+        spec = EmbeddingSpec("text-embedding-3-small", 1536, True)
+
+    assert usable_classifier(cast(Embedder, OtherModel())) is None
+    assert usable_classifier(LocalEmbedder()) is not None  # the shipped one, for the bundled model
