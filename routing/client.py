@@ -312,23 +312,25 @@ class ModelClient:
 
         Returns the completion, or the failure and whether the deployment's circuit is now open."""
         state = self.balancer.state
+        # Every verdict is shielded: a cancellation arriving while it is on its way to Redis would leave the
+        # lease to expire (timeout + margin), counted as a stalled call that steers traffic away meanwhile.
         try:
             result = await self._traced(d, decision, ask)
         except PartialStreamError:
-            await state.failed(lease)
+            await asyncio.shield(state.failed(lease))
             raise
         except Exception as exc:  # noqa: BLE001 - classified here; only deliberate errors escape
             failure = classify(exc)
             if failure.request_refused:
-                await state.release(lease)
+                await asyncio.shield(state.release(lease))
                 return failure, False
-            return failure, await state.failed(lease, failure.retry_after_s)
+            return failure, await asyncio.shield(state.failed(lease, failure.retry_after_s))
         except BaseException:
-            # Cancelled: free the slot now, not when the lease expires; shielded so that the
-            # cancellation (delivered again at every await under anyio) cannot stop it.
+            # Cancelled: free the slot now, not when the lease expires (anyio delivers the cancellation
+            # again at every await, hence the shield).
             await asyncio.shield(state.release(lease))
             raise
-        await state.succeeded(lease, result.latency_s)
+        await asyncio.shield(state.succeeded(lease, result.latency_s))
         return result
 
     def _backoff(self, attempt: int) -> float:
