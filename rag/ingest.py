@@ -275,11 +275,22 @@ class IngestService:
             content_hash=str(meta["content_hash"]),
             chunk_count=len(chunks),
             ingested_at=now_iso(),
+            submitted_at=status.created_at,
         )
         stored = [StoredChunk(c.index, c.text, c.heading_path, _sha(c.embed_text.encode())) for c in chunks]
         with self.jobs.writing_document(tenant, doc_id):
+            if self._newer_stored(tenant, doc_id, status.created_at):
+                # A later submission of this document was written first (another worker, a shorter job).
+                result = {"written": 0, "deleted": 0, "unchanged": 0, "superseded": 1}
+                return self.jobs.update(status, state=JobState.DONE, result=result)
             written = self.store.write_document(tenant, info, stored, vectors)
         return self.jobs.update(status, state=JobState.DONE, result=asdict(written))
+
+    def _newer_stored(self, tenant: str, doc_id: str, submitted_at: float) -> bool:
+        try:
+            return self.store.document(tenant, doc_id).submitted_at > submitted_at
+        except NotFoundError:
+            return False
 
     def _unchanged(self, tenant: str, doc_id: str, content_hash: str, chunk_count: int) -> bool:
         try:

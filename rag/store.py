@@ -78,6 +78,7 @@ class DocumentInfo:
     content_hash: str
     chunk_count: int
     ingested_at: str
+    submitted_at: float = 0.0  # when the version stored was submitted (epoch s): an older one never replaces it
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,21 @@ class ChunkStore:
                 except UnexpectedStatusCodeError:
                     if not self.client.collections.exists(name):  # lost a creation race: fine if it exists now
                         raise
+            else:
+                self._add_missing_properties(name, properties)
             self._check_recorded_spec(name)
+
+    def _add_missing_properties(self, name: str, properties: list[Property]) -> None:
+        """A collection made by an earlier version gets the properties added since (Weaviate adds them in place)."""
+        collection = self.client.collections.use(name)
+        existing = {p.name for p in collection.config.get().properties}
+        for prop in properties:
+            if prop.name not in existing:
+                try:
+                    collection.config.add_property(prop)
+                except UnexpectedStatusCodeError:
+                    if prop.name not in {p.name for p in collection.config.get().properties}:  # not a race
+                        raise
 
     def _spec_dict(self) -> dict[str, Any]:
         return {"model": self.spec.model, "dimension": self.spec.dimension, "normalized": self.spec.normalized}
@@ -483,6 +498,7 @@ def _doc_properties() -> list[Property]:
         Property(name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
         Property(name="chunk_count", data_type=DataType.INT),
         Property(name="ingested_at", data_type=DataType.DATE),
+        Property(name="submitted_at", data_type=DataType.NUMBER),
     ]
 
 
@@ -500,6 +516,7 @@ def _doc_props(info: DocumentInfo) -> dict[str, Any]:
         "content_hash": info.content_hash,
         "chunk_count": info.chunk_count,
         "ingested_at": info.ingested_at,
+        "submitted_at": info.submitted_at,
     }
 
 
@@ -514,6 +531,7 @@ def _doc_info(props: dict[str, Any]) -> DocumentInfo:
         content_hash=str(props.get("content_hash") or ""),
         chunk_count=int(props.get("chunk_count") or 0),
         ingested_at=_iso(props.get("ingested_at")),
+        submitted_at=float(props.get("submitted_at") or 0.0),
     )
 
 

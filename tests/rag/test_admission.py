@@ -385,6 +385,20 @@ def test_job_run_times_recorded_together_all_count(private: Callable[..., Privat
     assert p.jobs.mean_job_seconds() == pytest.approx(3.0)
 
 
+def test_an_older_version_run_last_does_not_replace_a_newer_one(private: Callable[..., Private], tenant: str) -> None:
+    """Two workers, a long v1 and a short v2: v2 is written first, and v1 must not overwrite it after."""
+    p = private(10)  # no worker consumes this prefix's queue: the jobs are run here, in the order chosen
+    service = p.service()
+    [v1] = service.submit(tenant, [Submission(b"# Plan\n\nVersion one of the plan.", "plan.md")])
+    [v2] = service.submit(tenant, [Submission(b"# Plan\n\nVersion two of the plan.", "plan.md")])
+    assert service.run(v2.job_id).state == JobState.DONE
+    late = service.run(v1.job_id)
+    assert late.state == JobState.DONE and late.result["superseded"] == 1
+    [chunk] = p.rag.store.document_chunks(tenant, "plan.md")
+    assert "Version two" in chunk.text
+    assert p.rag.store.document(tenant, "plan.md").submitted_at == v2.created_at
+
+
 _DIE_AFTER_ADMITTING = """
 import os, sys
 from core.settings import get_settings

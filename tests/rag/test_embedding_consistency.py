@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator, Sequence
 
 import pytest
+from weaviate.classes.config import Configure
 
 from core.errors import EmbeddingMismatchError
 from rag.embedding import CachedEmbedder, EmbeddingSpec, LocalEmbedder, MemoryCachedEmbedder, OpenAICompatibleEmbedder
 from rag.reindex import reindex_tenant
 from rag.search import SearchRequest, search
 from rag.services import RagServices
-from rag.store import ChunkStore
+from rag.store import ChunkStore, _doc_properties, collection_names
 from tests.rag.helpers import GUIDE, ingest_text
 
 
@@ -45,6 +47,27 @@ def test_collection_recorded_with_other_normalisation_is_refused(rag: RagService
         same_name_other_norm.ensure_collections()
     recorded = json.loads(rag.weaviate.collections.use(rag.store.chunks_name).config.get().description or "")
     assert recorded == {"orchestrion": 1, "model": "all-MiniLM-L6-v2", "dimension": 384, "normalized": True}
+
+
+def test_collections_of_an_earlier_version_get_the_properties_added_since(rag: RagServices) -> None:
+    spec = EmbeddingSpec(f"earlier-{uuid.uuid4().hex[:8]}", 8, True)
+    store = ChunkStore(rag.weaviate, spec)
+    _, docs_name = collection_names(spec)
+    recorded = json.dumps({"orchestrion": 1, "model": spec.model, "dimension": 8, "normalized": True})
+    rag.weaviate.collections.create(
+        docs_name,
+        description=recorded,
+        properties=[p for p in _doc_properties() if p.name != "submitted_at"],  # as an earlier version made it
+        multi_tenancy_config=Configure.multi_tenancy(enabled=True),
+        vector_config=Configure.Vectors.self_provided(),
+    )
+    try:
+        store.ensure_collections()
+        properties = {p.name for p in rag.weaviate.collections.use(docs_name).config.get().properties}
+        assert "submitted_at" in properties
+    finally:
+        for name in collection_names(spec):
+            rag.weaviate.collections.delete(name)
 
 
 def test_reindex_moves_a_tenant_to_the_new_model(
