@@ -100,7 +100,7 @@ class IngestService:
             self._check_key_reuse(tenant, idempotency_key, keys, accepted)
             replaced: list[bool] = []
         else:
-            replaced = self._replaced_since(tenant, accepted)
+            replaced = self._replaced_since(tenant, keys, accepted)
         admission = self.jobs.admit(tenant, docs, self.settings.ingest_queue_limit, replaced)
         self._take_over(admission.taken_over)
         if admission.refused:
@@ -125,11 +125,17 @@ class IngestService:
                     "from the first submission's): use a new key for a new submission"
                 )
 
-    def _replaced_since(self, tenant: str, accepted: Sequence[_Accepted]) -> list[bool]:
-        """Per document: the store holds another version of it, or none. Its content's earlier job, if done,
-        must not answer for it then: deleted or overwritten since, the document is ingested again."""
-        stored = self.store.content_hashes(tenant, [str(d.meta["doc_id"]) for d in accepted])
-        return [stored.get(str(d.meta["doc_id"])) != d.content_hash for d in accepted]
+    def _replaced_since(self, tenant: str, keys: Sequence[str], accepted: Sequence[_Accepted]) -> list[bool]:
+        """Per document: its content's job is done, but the store holds another version of it, or none. That
+        job must not answer for it then: deleted or overwritten since, the document is ingested again. Only
+        documents whose job is done are looked up in the store: new content (and a refused client's retries)
+        cost no Weaviate query."""
+        held = self.jobs.held_by(tenant, keys)
+        done = [i for i, key in enumerate(keys) if (job := held.get(key)) is not None and job.state == JobState.DONE]
+        if not done:
+            return []
+        stored = self.store.content_hashes(tenant, [str(accepted[i].meta["doc_id"]) for i in done])
+        return [i in done and stored.get(str(d.meta["doc_id"])) != d.content_hash for i, d in enumerate(accepted)]
 
     def _validate(self, sub: Submission, position: int) -> _Accepted:
         name = sub.filename or sub.doc_id or f"document {position}"
