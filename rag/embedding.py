@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -158,7 +159,7 @@ def _unit(vector: Sequence[float]) -> list[float]:
     return [x / norm for x in vector]
 
 
-class CachingEmbedder:
+class CachingEmbedder(ABC):
     """A cache in front of an embedder: each text is looked up, only the missing ones are embedded
     (in one call) and stored. Subclasses say where vectors live."""
 
@@ -188,11 +189,13 @@ class CachingEmbedder:
         self.misses += len(missing)
         return cast(list[list[float]], found)
 
+    @abstractmethod
     def _lookup(self, texts: Sequence[str]) -> list[list[float] | None]:
-        raise NotImplementedError
+        """Each text's cached vector, or None."""
 
+    @abstractmethod
     def _store(self, texts: Sequence[str], vectors: Sequence[list[float]]) -> None:
-        raise NotImplementedError
+        """Keep these texts' vectors."""
 
 
 class CachedEmbedder(CachingEmbedder):

@@ -49,12 +49,12 @@ RETRY_AFTER_MAX_S = 300
 # dry then), at most HORIZON_MAX_S. A longer wait is told shorter, growing with its log: the client comes
 # back early and is told again, at the pace measured meanwhile, rather than sleep through its turn while
 # the workers idle.
+HORIZON_MIN_S = 5.0
+HORIZON_MAX_S = 60.0
 # How long one write of a document may hold its lock (a worker that died holding it frees it then), and how
 # long another write of the same document waits for it.
 DOCUMENT_LOCK_S = 600
 DOCUMENT_LOCK_WAIT_S = 900.0
-HORIZON_MIN_S = 5.0
-HORIZON_MAX_S = 60.0
 # Weight of the newest gap between job starts in the moving average of the pace (after a plain mean of the
 # first few): a few seconds of starts at the bench's pace.
 _DRAIN_SMOOTHING = 0.2
@@ -312,8 +312,8 @@ class JobStore:
         firsts: dict[str, tuple[JobStatus, JobPayload]] = {}
         renew: dict[str, bool] = {}
         for position, (doc_id, key, payload) in enumerate(docs):
-            status = JobStatus(uuid.uuid4().hex, tenant, doc_id, JobState.QUEUED, now, now)
-            status.content_hash = str(payload.meta.get("content_hash", ""))
+            content_hash = str(payload.meta.get("content_hash", ""))
+            status = JobStatus(uuid.uuid4().hex, tenant, doc_id, JobState.QUEUED, now, now, content_hash=content_hash)
             firsts.setdefault(key, (status, payload))
             renew.setdefault(key, position < len(replaced) and replaced[position])
         keys = [self._admitted, self._enqueuing, self._line, self._due, self._line_seq, self._drain, self._mean_job]

@@ -208,10 +208,7 @@ class ChunkStore:
             self._on_use(tenant)
 
     def delete_tenant(self, tenant: str) -> None:
-        for name in (self.chunks_name, self.docs_name):
-            collection = self.client.collections.use(name)
-            if collection.tenants.get_by_name(tenant) is not None:
-                collection.tenants.remove([tenant])
+        self._remove_tenant(tenant, (self.chunks_name, self.docs_name))
         self._tenants.forget(tenant)
 
     def delete_tenant_everywhere(self, tenant: str) -> bool:
@@ -219,15 +216,19 @@ class ChunkStore:
         `reindex`). Returns whether it was found anywhere."""
         found = self.has_tenant(tenant)
         self.delete_tenant(tenant)
-        for chunks_name in recorded_specs(self.client):
-            if chunks_name == self.chunks_name:
-                continue
-            for name in (chunks_name, "Docs_" + chunks_name.removeprefix("Chunks_")):
-                collection = self.client.collections.use(name)
-                if self.client.collections.exists(name) and collection.tenants.get_by_name(tenant) is not None:
-                    collection.tenants.remove([tenant])
-                    found = True
+        for chunks_name, spec in recorded_specs(self.client).items():
+            if chunks_name != self.chunks_name:
+                found |= self._remove_tenant(tenant, collection_names(EmbeddingSpec(**spec)))
         return found
+
+    def _remove_tenant(self, tenant: str, names: Sequence[str]) -> bool:
+        removed = False
+        for name in names:
+            collection = self.client.collections.use(name)
+            if self.client.collections.exists(name) and collection.tenants.get_by_name(tenant) is not None:
+                collection.tenants.remove([tenant])
+                removed = True
+        return removed
 
     def has_tenant(self, tenant: str) -> bool:
         return self.client.collections.use(self.chunks_name).tenants.get_by_name(tenant) is not None
