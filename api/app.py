@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
+from celery import Celery
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
@@ -23,12 +24,13 @@ from core.settings import Settings
 from core.stack import resolve_endpoints
 from mcp_servers.context import ServerDeps
 from mcp_servers.ping import orchestrion_version
-from mcp_servers.server import attach_models, build_server
+from mcp_servers.server import build_server
 from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
 from observability.metrics import render_latest
-from observability.tracing import init_tracing
 from rag.embedding import warm_up
 from rag.services import RagServices
+from workers.app import queue_depth
+from workers.host import HostOpener
 
 log = logging.getLogger(__name__)
 MCP_PATH = "/mcp"
@@ -100,35 +102,31 @@ def public_url(settings: Settings) -> str:
     return f"http://{host}:{settings.server.port}"
 
 
-def create_app(settings: Settings) -> ASGIApp:
+def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
+    """`open_host`: the process's composition root (orchestrion/wiring.py), opened for the app's lifetime."""
     endpoints = resolve_endpoints(settings)
     deps = ServerDeps()
-    mcp = build_server("all", settings, deps, http_base_url=public_url(settings), own_lifespan=False)
+    mcp = build_server("all", settings, deps, http_base_url=public_url(settings))
     mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, host=settings.server.host)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from workers.client import open_rag_with_queue
-
-        tracing = init_tracing(settings, "api")
         state["redis"] = aioredis.Redis.from_url(endpoints.redis_url, socket_timeout=2)
-        state["queues"] = _queue_depth_registry(settings, endpoints.redis_url)
-        app.state.rag, _queue = await anyio.to_thread.run_sync(open_rag_with_queue, settings, True)
-        # Load the embedding model before /healthz answers, so no search pays for torch's start.
-        await anyio.to_thread.run_sync(warm_up, app.state.rag.embedder)
-        deps.rag = app.state.rag
-        attach_models(deps, settings, app.state.rag, tracing.langfuse)
-        freeze_startup_heap()
         try:
-            async with anyio.create_task_group() as background, mcp.session_manager.run():
-                background.start_soon(_offload_idle_tenants, app.state.rag)
-                yield
-                background.cancel_scope.cancel()
+            async with open_host(settings, "api") as host:
+                app.state.host, app.state.services = host, host.services
+                deps.services, deps.runner = host.services, host.runner
+                state["queues"] = _queue_depth_registry(settings, host.queue.app)
+                # Load the embedding model before /healthz answers, so no search pays for torch's start.
+                await anyio.to_thread.run_sync(warm_up, host.services.rag.embedder)
+                freeze_startup_heap()
+                async with anyio.create_task_group() as background, mcp.session_manager.run():
+                    background.start_soon(_offload_idle_tenants, host.services.rag)
+                    yield
+                    background.cancel_scope.cancel()
         finally:
-            app.state.rag.close()
             await state["redis"].aclose()
-            tracing.shutdown()
 
     app = FastAPI(title="Orchestrion", version=orchestrion_version(), lifespan=lifespan, telemetry=TELEMETRY)
     app.add_middleware(MetricsMiddleware)
@@ -175,10 +173,7 @@ async def _offload_idle_tenants(rag: RagServices) -> None:
             log.info("offloaded %d idle tenant(s)", len(done))
 
 
-def _queue_depth_registry(settings: Settings, redis_url: str) -> CollectorRegistry:
-    from workers.app import create_celery_app, queue_depth
-
-    celery_app = create_celery_app(settings, redis_url)
+def _queue_depth_registry(settings: Settings, celery_app: Celery) -> CollectorRegistry:
     queues = CollectorRegistry()
     queues.register(QueueDepthCollector(settings.celery.queues, lambda q: queue_depth(celery_app, q)))
     return queues

@@ -6,41 +6,49 @@ import json
 from dataclasses import asdict
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 
 from core.errors import AuthenticationError, InvalidInputError
+from operations import knowledge
+from operations.services import Services
 from rag.ingest import Submission
-from rag.search import SearchRequest, search
-from rag.services import RagServices
+from rag.search import SearchRequest
 
 router = APIRouter(prefix="/v1", tags=["documents"])
 
 
-def services(request: Request) -> RagServices:
-    rag: RagServices = request.app.state.rag
-    return rag
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
 
 
-async def tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The caller's tenant, from its bearer token and nothing else."""
+async def tenant(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
+) -> str:
+    """The caller's tenant, from its bearer token (or the `x-api-key` header LangGraph's SDK sends) and nothing
+    else. The registry answers from memory after a stat() of its file: no thread hop."""
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthenticationError("send `Authorization: Bearer <token>` (tokens: `orchestrion tenants token NAME`)")
-    found = await anyio.to_thread.run_sync(services(request).registry.tenant_for_token, token.strip())
+    given = token.strip() if scheme.lower() == "bearer" and token.strip() else (x_api_key or "").strip()
+    if not given:
+        raise AuthenticationError(
+            "send `Authorization: Bearer <token>` or `x-api-key: <token>` (tokens: `orchestrion tenants token NAME`)"
+        )
+    found = services(request).rag.registry.tenant_for_token(given)
     if found is None:
         raise AuthenticationError("unknown or revoked token")
     return found
 
 
-Rag = Annotated[RagServices, Depends(services)]
+Svc = Annotated[Services, Depends(services)]
 Tenant = Annotated[str, Depends(tenant)]
 
 
 @router.post("/documents", status_code=202, summary="Upload documents; each becomes an ingest job")
 async def upload_documents(
-    rag: Rag,
+    svc: Svc,
     caller: Tenant,
     files: Annotated[list[UploadFile], File(description="One or more documents (text, Markdown, HTML, PDF)")],
     tags: Annotated[str, Form(description="Comma-separated tags for every file")] = "",
@@ -56,7 +64,7 @@ async def upload_documents(
         raise InvalidInputError("metadata must be a JSON object")
     if doc_id is not None and len(files) != 1:
         raise InvalidInputError("doc_id applies to a single file; upload one file or leave doc_id out")
-    limit = rag.settings.rag.max_document_bytes
+    limit = svc.settings.rag.max_document_bytes
     submissions = []
     for upload in files:
         content = await upload.read(limit + 1)  # one byte past the limit is enough to refuse
@@ -70,37 +78,35 @@ async def upload_documents(
                 metadata=meta,
             )
         )
-    jobs = await anyio.to_thread.run_sync(lambda: rag.ingest.submit(caller, submissions, idempotency_key))
+    jobs = await knowledge.submit_documents(svc, caller, submissions, idempotency_key)
     return JSONResponse({"jobs": [j.public() for j in jobs]}, status_code=202)
 
 
 @router.get("/jobs/{job_id}", summary="State and progress of an ingest job")
-async def get_job(job_id: str, rag: Rag, caller: Tenant) -> dict[str, Any]:
-    return (await anyio.to_thread.run_sync(rag.ingest.status, caller, job_id)).public()
+async def get_job(job_id: str, svc: Svc, caller: Tenant) -> dict[str, Any]:
+    return (await knowledge.job_status(svc, caller, job_id)).public()
 
 
 @router.get("/documents", summary="List documents, a page at a time")
-async def list_documents(rag: Rag, caller: Tenant, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+async def list_documents(svc: Svc, caller: Tenant, limit: int = 20, offset: int = 0) -> dict[str, Any]:
     if not 1 <= limit <= 200 or offset < 0:
         raise InvalidInputError("limit must be 1-200 and offset >= 0")
-    docs = await anyio.to_thread.run_sync(rag.store.list_documents, caller, limit, offset)
-    return {"documents": [asdict(d) for d in docs]}
+    page = await knowledge.list_documents(svc, caller, limit, offset)
+    return {"documents": [asdict(d) for d in page.documents]}
 
 
 @router.get("/documents/{doc_id:path}", summary="One document and all its chunks in order")
-async def get_document(doc_id: str, rag: Rag, caller: Tenant) -> dict[str, Any]:
-    info = await anyio.to_thread.run_sync(rag.store.document, caller, doc_id)
-    chunks = await anyio.to_thread.run_sync(rag.store.document_chunks, caller, doc_id)
+async def get_document(doc_id: str, svc: Svc, caller: Tenant) -> dict[str, Any]:
+    info, chunks = await knowledge.get_document(svc, caller, doc_id)
     return {"document": asdict(info), "chunks": [asdict(c) for c in chunks]}
 
 
 @router.delete("/documents/{doc_id:path}", summary="Delete a document and its chunks")
-async def delete_document(doc_id: str, rag: Rag, caller: Tenant) -> dict[str, Any]:
-    count = await anyio.to_thread.run_sync(rag.store.delete_document, caller, doc_id)
-    return {"doc_id": doc_id, "deleted_chunks": count}
+async def delete_document(doc_id: str, svc: Svc, caller: Tenant) -> dict[str, Any]:
+    return {"doc_id": doc_id, "deleted_chunks": await knowledge.delete_document(svc, caller, doc_id)}
 
 
 @router.post("/search", summary="Search the caller's documents (vector, keyword or hybrid)")
-async def search_documents(body: SearchRequest, rag: Rag, caller: Tenant) -> dict[str, Any]:
-    hits = await anyio.to_thread.run_sync(lambda: search(rag.store, rag.embedder, caller, body))
+async def search_documents(body: SearchRequest, svc: Svc, caller: Tenant) -> dict[str, Any]:
+    hits = await knowledge.search_documents(svc, caller, body)
     return {"hits": [asdict(h) for h in hits]}

@@ -219,6 +219,52 @@ class RagSettings(BaseModel):
     )
 
 
+class AgentSettings(BaseModel):
+    servers_file: Path | None = Field(
+        default=None,
+        description="MCP servers the executor may use, in Claude Desktop's `mcpServers` shape (command/args/env "
+        "for stdio, url/headers for streamable HTTP; plus long_running and requires_approval); default "
+        "<data_dir>/mcp-servers.json when it exists.",
+    )
+    in_process_servers: list[Literal["retrieval", "ingest", "router"]] = Field(
+        default=["retrieval"],
+        description="Orchestrion's own MCP servers the agents call in-process. Retrieval only by default: a "
+        "prompt injected in a document must not reach tools that change or delete data.",
+    )
+    planner: Literal["auto", "model", "fixed"] = Field(
+        default="auto",
+        description="auto: ask the model for a plan when its tier can plan (Deployment.can_plan), else the fixed "
+        "plan (retrieve, then answer); model: always ask; fixed: never ask.",
+    )
+    checkpoint_url: str | None = Field(
+        default=None,
+        description="postgresql:// URL of the checkpoint database (compose); unset: SQLite in "
+        "<data_dir>/checkpoints.sqlite.",
+    )
+    max_steps: int = Field(default=12, ge=1, description="Plan steps a run may execute (all plans together).")
+    max_tool_calls: int = Field(default=8, ge=0, description="Tool calls a run may make (searches excluded).")
+    max_tokens: int = Field(default=40_000, ge=1, description="Model tokens (in + out) a run may spend.")
+    max_wall_s: float = Field(default=600.0, gt=0, description="Wall time a run may take, resumes included.")
+    max_replans: int = Field(default=2, ge=0, description="New plans after a failed step or thin evidence.")
+    max_parallel_steps: int = Field(default=4, ge=1, description="Independent steps run at once.")
+    evidence_k: int = Field(default=5, ge=1, le=50, description="Chunks each search of a retrieve step asks for.")
+    max_evidence: int = Field(default=8, ge=1, le=50, description="Evidence items the answer is written from.")
+    answer_max_tokens: int = Field(default=400, ge=16, description="Output limit of the answer.")
+    history_turns: int = Field(default=4, ge=0, description="Earlier question/answer pairs of a thread shown.")
+    tool_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of a tool call made in the run.")
+    long_tool_timeout_s: float = Field(default=900.0, gt=0, description="Timeout of a long tool call (Celery).")
+    run_lease_s: float = Field(
+        default=20.0,
+        ge=2,
+        description="A running run's lease, renewed every third of it: a run whose process died is resumed from "
+        "its last checkpoint by another process once its lease expires.",
+    )
+    recovery_interval_s: float = Field(default=5.0, gt=0, description="How often a process looks for such runs.")
+    record_ttl_s: int = Field(
+        default=30 * 24 * 3600, ge=60, description="How long run, thread and long-call records live in Redis."
+    )
+
+
 class TenantsSettings(BaseModel):
     default: str = Field(default="default", description="Tenant of local callers (stdio MCP, the CLI).")
     tokens_file: Path | None = Field(
@@ -290,6 +336,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     tenants: TenantsSettings = Field(default_factory=TenantsSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
 
     @field_validator("celery")
     @classmethod

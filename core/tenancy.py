@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,22 @@ class TenantRegistry:
 def tenant_registry(settings: Settings) -> TenantRegistry:
     path = settings.tenants.tokens_file or settings.data_dir / "tenants.json"
     return TenantRegistry(path, settings.tenants.static_tokens)
+
+
+# The tenant our own in-process code acts for (an agent's call to an in-process MCP server, a worker running
+# a stored run): set only by code that resolved it from credentials or a stored record, never from a tool
+# argument, a prompt or model output. Tools read it before the HTTP bearer token.
+_acting: ContextVar[str | None] = ContextVar("acting_tenant", default=None)
+
+
+@contextmanager
+def acting_as(tenant: str) -> Iterator[None]:
+    token = _acting.set(tenant)
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
+def acting_tenant() -> str | None:
+    return _acting.get()

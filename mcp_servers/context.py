@@ -1,39 +1,50 @@
-"""What every tool needs: the services, the caller's tenant, and errors a client can read."""
+"""What every tool needs: the process's services, the caller's tenant, and errors a client can read."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver.exceptions import ToolError
 
 from core.errors import AuthenticationError, BusyError, OrchestrionError
-from rag.services import RagServices
-from routing.client import ModelClient
+from core.tenancy import acting_tenant
+from operations.services import Services
+
+if TYPE_CHECKING:
+    from graphs.runner import Runner
 
 
 @dataclass
 class ServerDeps:
-    """Filled in by the adapter's lifespan; tools read it per call.
+    """Filled in by the process's composition root once it has opened the services; tools read it per call.
 
-    `local_tenant` is set only for stdio, where the caller is the local user; over
-    HTTP the tenant comes from the verified bearer token and nowhere else.
+    `local_tenant` is set only for stdio, where the caller is the local user; over HTTP the tenant
+    comes from the verified bearer token, and for our own in-process calls from `core.tenancy.acting_as`.
     """
 
-    rag: RagServices | None = None
+    services: Services | None = None
+    runner: Runner | None = None
     local_tenant: str | None = None
-    models: ModelClient | None = None
-    models_error: str = ""
 
-    def services(self) -> RagServices:
-        if self.rag is None:
+    def ready(self) -> Services:
+        if self.services is None:
             raise OrchestrionError("the server is still starting; retry in a moment")
-        return self.rag
+        return self.services
+
+    def runs(self) -> Runner:
+        if self.runner is None:
+            raise OrchestrionError("agent runs are not served by this server")
+        return self.runner
 
 
 def caller_tenant(deps: ServerDeps) -> str:
+    acting = acting_tenant()
+    if acting is not None:
+        return acting
     token = get_access_token()
     if token is not None:
         return token.client_id

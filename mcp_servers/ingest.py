@@ -12,10 +12,10 @@ from pydantic import BaseModel, Field
 
 from core.errors import InvalidInputError
 from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from operations import knowledge
 from rag.filters import Scalar
 from rag.ingest import Submission
 from rag.jobs import FINAL_STATES, JobStatus
-from rag.services import RagServices
 
 
 class DocumentIn(BaseModel):
@@ -65,10 +65,6 @@ class Deleted(BaseModel):
     deleted_chunks: int
 
 
-def _refresh(rag: RagServices, tenant: str, job_ids: list[str]) -> list[JobStatus]:
-    return [rag.ingest.status(tenant, job_id) for job_id in job_ids]
-
-
 def _job(status: JobStatus) -> Job:
     return Job(**status.public())
 
@@ -88,13 +84,13 @@ def add_ingest_tools(server: MCPServer, deps: ServerDeps, default_wait_s: float)
         ctx: Context | None = None,
     ) -> Jobs:
         with client_errors():
-            rag, tenant = deps.services(), caller_tenant(deps)
+            services, tenant = deps.ready(), caller_tenant(deps)
             submissions = [d.submission(i) for i, d in enumerate(documents)]
-            jobs = await anyio.to_thread.run_sync(lambda: rag.ingest.submit(tenant, submissions, idempotency_key))
+            jobs = await knowledge.submit_documents(services, tenant, submissions, idempotency_key)
             deadline = time.monotonic() + (default_wait_s if wait_s is None else wait_s)
             while time.monotonic() < deadline and any(j.state not in FINAL_STATES for j in jobs):
                 await anyio.sleep(0.5)
-                jobs = await anyio.to_thread.run_sync(_refresh, rag, tenant, [j.job_id for j in jobs])
+                jobs = await knowledge.job_statuses(services, tenant, [j.job_id for j in jobs])
                 if ctx is not None:
                     finished = sum(j.state in FINAL_STATES for j in jobs)
                     done = sum(j.chunks_done for j in jobs)
@@ -105,12 +101,11 @@ def add_ingest_tools(server: MCPServer, deps: ServerDeps, default_wait_s: float)
     @server.tool(description="State and progress of one of the caller's ingest jobs.")
     async def get_ingest_status(job_id: str = Field(min_length=1, max_length=64)) -> Job:
         with client_errors():
-            rag, tenant = deps.services(), caller_tenant(deps)
-            return _job(await anyio.to_thread.run_sync(lambda: rag.ingest.status(tenant, job_id)))
+            services, tenant = deps.ready(), caller_tenant(deps)
+            return _job(await knowledge.job_status(services, tenant, job_id))
 
     @server.tool(description="Delete one of the caller's documents and all its chunks.")
     async def delete_document(doc_id: str = Field(min_length=1, max_length=200)) -> Deleted:
         with client_errors():
-            rag, tenant = deps.services(), caller_tenant(deps)
-            count = await anyio.to_thread.run_sync(lambda: rag.store.delete_document(tenant, doc_id))
-            return Deleted(doc_id=doc_id, deleted_chunks=count)
+            services, tenant = deps.ready(), caller_tenant(deps)
+            return Deleted(doc_id=doc_id, deleted_chunks=await knowledge.delete_document(services, tenant, doc_id))

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Literal
 
-import anyio
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 
+from core.errors import InvalidInputError
 from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from operations import knowledge
 from rag.filters import FilterSpec
-from rag.search import SearchRequest, search
-from rag.store import SearchHit
+from rag.search import SearchRequest
+from rag.store import DocumentInfo, SearchHit
 
 
 class SearchResults(BaseModel):
@@ -52,48 +53,40 @@ def add_retrieval_tools(server: MCPServer, deps: ServerDeps) -> None:
         min_score: float | None = Field(default=None, description="Drop hits scoring below this."),
     ) -> SearchResults:
         with client_errors():
-            rag, tenant = deps.services(), caller_tenant(deps)
+            services, tenant = deps.ready(), caller_tenant(deps)
             request = SearchRequest(
                 query=query, mode=mode, k=k, alpha=alpha, fusion=fusion, filters=filters, min_score=min_score
             )
-            hits = await anyio.to_thread.run_sync(lambda: search(rag.store, rag.embedder, tenant, request))
-            return SearchResults(hits=hits)
+            return SearchResults(hits=await knowledge.search_documents(services, tenant, request))
 
     @server.tool(description="All chunks of one of the caller's documents, in order, with its metadata.")
     async def get_document(doc_id: str = Field(min_length=1, max_length=200)) -> DocumentChunks:
         with client_errors():
-            rag, tenant = deps.services(), caller_tenant(deps)
-
-            def read() -> DocumentChunks:
-                info = rag.store.document(tenant, doc_id)
-                chunks = rag.store.document_chunks(tenant, doc_id)
-                return DocumentChunks(document=_document(asdict(info)), chunks=chunks)
-
-            return await anyio.to_thread.run_sync(read)
+            services, tenant = deps.ready(), caller_tenant(deps)
+            info, chunks = await knowledge.get_document(services, tenant, doc_id)
+            return DocumentChunks(document=document_out(info), chunks=chunks)
 
     @server.tool(description="The caller's documents, a page at a time, ordered by doc_id.")
     async def list_documents(
         limit: int = Field(default=20, ge=1, le=200), cursor: str | None = Field(default=None)
     ) -> DocumentPage:
         with client_errors():
-            rag, tenant = deps.services(), caller_tenant(deps)
+            services, tenant = deps.ready(), caller_tenant(deps)
             offset = _offset(cursor)
-            docs = await anyio.to_thread.run_sync(lambda: rag.store.list_documents(tenant, limit + 1, offset))
-            more = len(docs) > limit
+            page = await knowledge.list_documents(services, tenant, limit, offset)
             return DocumentPage(
-                documents=[_document(asdict(d)) for d in docs[:limit]],
-                next_cursor=str(offset + limit) if more else None,
+                documents=[document_out(d) for d in page.documents],
+                next_cursor=str(offset + limit) if page.more else None,
             )
 
 
-def _document(data: dict[str, Any]) -> Document:
+def document_out(info: DocumentInfo) -> Document:
+    data: dict[str, Any] = asdict(info)
     data.pop("content_hash", None)
     return Document(**data)
 
 
 def _offset(cursor: str | None) -> int:
-    from core.errors import InvalidInputError
-
     if cursor is None:
         return 0
     if not cursor.isdigit():

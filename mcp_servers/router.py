@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel, Field
 
-from core.errors import OrchestrionError
 from mcp_servers.context import ServerDeps, caller_tenant, client_errors
-from routing.client import ModelClient
+from operations import models
 
 
 class Message(BaseModel):
@@ -62,12 +60,6 @@ class Usage(BaseModel):
     total_cost_usd: float
 
 
-def _models(deps: ServerDeps) -> ModelClient:
-    if deps.models is None:
-        raise OrchestrionError(f"the model router is not available here: {deps.models_error or 'starting'}")
-    return deps.models
-
-
 def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
     @server.tool(description="Explain which model tier would answer, and why, without calling a model.")
     async def route(
@@ -76,11 +68,8 @@ def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
         needs_tools: bool = False,
     ) -> RouteDecision:
         with client_errors():
-            models, tenant = _models(deps), caller_tenant(deps)
-            policy = models.fleet.policy_for(tenant)
-            decision = await anyio.to_thread.run_sync(
-                lambda: models.router.decide(text, hint=hint, needs_tools=needs_tools, policy=policy)
-            )
+            services, tenant = deps.ready(), caller_tenant(deps)
+            decision = await models.route(services, tenant, text, hint=hint, needs_tools=needs_tools)
             return RouteDecision(**decision.explain())  # type: ignore[arg-type]
 
     @server.tool(description="Route and answer; streams the answer as progress notifications while it is generated.")
@@ -93,7 +82,7 @@ def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
         ctx: Context | None = None,
     ) -> Answer:
         with client_errors():
-            models, tenant = _models(deps), caller_tenant(deps)
+            services, tenant = deps.ready(), caller_tenant(deps)
             sent = 0
 
             async def on_token(text: str) -> None:
@@ -103,26 +92,28 @@ def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
                     await ctx.report_progress(sent, None, text)
 
             asked = [m.model_dump() for m in messages]
-            options = {"max_tokens": max_tokens, "temperature": temperature, "bypass_cache": bypass_cache}
-            done = await models.complete(tenant, asked, hint=hint, on_token=on_token, **options)  # type: ignore[arg-type]
+            done = await models.complete(
+                services, tenant, asked, hint=hint, max_tokens=max_tokens, temperature=temperature,
+                bypass_cache=bypass_cache, on_token=on_token,
+            )  # fmt: skip
             data: dict[str, Any] = done.public()
             return Answer(**{**data, "decision": RouteDecision(**data["decision"])})
 
     @server.tool(description="The model deployments: tier, health, calls in flight, latency, prices.")
     async def list_models() -> Models:
         with client_errors():
-            models = _models(deps)
+            services = deps.ready()
             caller_tenant(deps)
-            health = await models.balancer.state.snapshot([d.name for d in models.fleet.deployments])
-            infos = [ModelInfo(name=d.name, tier=d.tier, model=d.model, health=health[d.name].status,
-                               in_flight=health[d.name].in_flight, ewma_latency_s=health[d.name].ewma_s,
-                               price_in_per_m=d.price_in_per_m, price_out_per_m=d.price_out_per_m)
-                     for d in models.fleet.deployments]  # fmt: skip
-            return Models(policy=models.fleet.policy, models=infos)
+            view = await models.fleet(services)
+            infos = [ModelInfo(name=d.name, tier=d.tier, model=d.model, health=h.status, in_flight=h.in_flight,
+                               ewma_latency_s=h.ewma_s, price_in_per_m=d.price_in_per_m,
+                               price_out_per_m=d.price_out_per_m)
+                     for d, h in view.deployments]  # fmt: skip
+            return Models(policy=view.policy, models=infos)
 
     @server.tool(description="The caller's token usage and cost, per tier.")
     async def get_usage() -> Usage:
         with client_errors():
-            models, tenant = _models(deps), caller_tenant(deps)
-            tiers = await models.ledger.usage(tenant)
+            services, tenant = deps.ready(), caller_tenant(deps)
+            tiers = await models.usage(services, tenant)
             return Usage(tiers=tiers, total_cost_usd=round(sum(t.get("cost_usd", 0.0) for t in tiers.values()), 8))

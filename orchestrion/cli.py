@@ -110,11 +110,13 @@ def worker(
     settings = _settings()
     resolve_endpoints(settings).redis_url  # noqa: B018 - before the slow imports: no stack is said at once
     from observability.logs import configure_logging
+    from orchestrion.wiring import worker_host
     from workers.runner import default_hostname, run_worker
 
     configure_logging("worker", settings.log_level, settings.server.log_format)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else settings.celery.queues
-    run_worker(settings, chosen, concurrency or settings.celery.concurrency, hostname or default_hostname())
+    run_worker(settings, chosen, concurrency or settings.celery.concurrency, hostname or default_hostname(),
+               worker_host)  # fmt: skip
 
 
 @app.command()
@@ -131,10 +133,11 @@ def serve(
 
     from api.app import create_app
     from observability.logs import configure_logging
+    from orchestrion.wiring import open_host
 
     configure_logging("api", settings.log_level, settings.server.log_format)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, open_host),
         host=settings.server.host,
         port=port or settings.server.port,
         log_config=None,
@@ -147,7 +150,9 @@ def serve(
 @app.command("mcp")
 @_clear_errors
 def mcp_command(
-    server: Annotated[str, typer.Argument(help="Which MCP server: all, retrieval or ingest.")] = "all",
+    server: Annotated[
+        str, typer.Argument(help="Which MCP server: all, retrieval, ingest, router or orchestrator (ask).")
+    ] = "all",
     http: Annotated[
         bool, typer.Option("--http", help="Serve streamable HTTP (bearer tokens) instead of stdio.")
     ] = False,
@@ -163,17 +168,18 @@ def mcp_command(
     from mcp_servers.context import ServerDeps
     from mcp_servers.server import build_server
     from observability.logs import configure_logging
+    from orchestrion.wiring import open_host
 
     configure_logging("mcp", settings.log_level, settings.server.log_format)  # stderr: stdout is the protocol
     if http:
         chosen = port or settings.server.mcp_port
         host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
         base = settings.server.public_url or f"http://{host}:{chosen}"
-        mcp = build_server(server, settings, ServerDeps(), http_base_url=base, own_lifespan=True)
+        mcp = build_server(server, settings, ServerDeps(), http_base_url=base, open_host=open_host)
         anyio.run(lambda: mcp.run_streamable_http_async(host=settings.server.host, port=chosen))
     else:
         deps = ServerDeps(local_tenant=settings.tenants.default)
-        mcp = build_server(server, settings, deps, http_base_url=None, own_lifespan=True)
+        mcp = build_server(server, settings, deps, http_base_url=None, open_host=open_host)
         anyio.run(mcp.run_stdio_async)
 
 

@@ -4,6 +4,11 @@ A retryable failure (timeout, connection error, 5xx, 429) is retried with jitter
 exponential backoff, then the next deployment of the tier is tried, then the next
 tier (if the fleet allows). A stream that already gave the caller tokens is never
 silently retried: the caller would see text twice.
+
+Callers speak LangChain messages (system, human, AI with tool calls, tool results) and
+may bind tools or ask for an output schema; `routing/calls.py` shapes the request for
+whichever deployment answers. Agents use it through `routing/chat.py`, a LangChain
+chat model, so routing, balancing, budgets and accounting stay inside.
 """
 
 from __future__ import annotations
@@ -14,21 +19,28 @@ import random
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import httpx
-import openai
 from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    message_to_dict,
+    messages_from_dict,
+    messages_to_dict,
+)
 from langchain_core.messages.ai import add_usage
 from langfuse import Langfuse
-from pydantic import SecretStr
 
-from core.errors import ConfigurationError, InvalidInputError, OrchestrionError
+from core.errors import InvalidInputError, OrchestrionError
 from routing.balancer import Balancer, Lease
+from routing.calls import Ask, Failure, OnChunk, OutputSchema, chat_model, classify, prepare, to_messages, whole_chunk
 from routing.fleet import Deployment, Fleet
 from routing.ledger import Ledger, ResponseCache
 from routing.router import Decision, Router
@@ -50,7 +62,7 @@ class PartialStreamError(OrchestrionError):
 
 @dataclass
 class Completion:
-    text: str
+    message: AIMessage
     decision: Decision
     deployment: str
     model: str
@@ -63,100 +75,32 @@ class Completion:
     cached: bool = False
     attempts: list[str] = field(default_factory=list)
 
+    @property
+    def text(self) -> str:
+        return self.message.text
+
     def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["decision"] = self.decision.explain()
-        return data
+        """What a client is shown (the MCP `complete` tool): the answer's text, not the message object."""
+        return {"text": self.text, "decision": self.decision.explain(), "deployment": self.deployment,
+                "model": self.model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "usage_estimated": self.usage_estimated, "cost_usd": self.cost_usd, "ttft_s": self.ttft_s,
+                "latency_s": self.latency_s, "cached": self.cached, "attempts": list(self.attempts)}  # fmt: skip
 
+    def _stored(self) -> dict[str, Any]:
+        data = self.public()
+        for transient in ("decision", "cached", "text"):
+            data.pop(transient)
+        return {**data, "message": message_to_dict(self.message)}
 
-@dataclass(frozen=True)
-class _Ask:
-    """What the caller asked, as every attempt sends it."""
-
-    chat: list[BaseMessage]
-    max_tokens: int
-    temperature: float
-    on_token: OnToken | None
+    @classmethod
+    def _from_stored(cls, stored: dict[str, Any], decision: Decision) -> Completion:
+        data = dict(stored)
+        [message] = messages_from_dict([data.pop("message")])
+        return cls(message=cast(AIMessage, message), decision=decision, **{**data, "cached": True, "cost_usd": 0.0})
 
 
 # Chat models kept per event loop, the most recently used (a model per deployment and parameters).
 CHAT_MODELS_KEPT = 64
-# The request itself is what the provider refused (too long for the context, a bad parameter): any
-# deployment would refuse it too, so it is neither retried nor held against the deployment.
-REQUEST_REFUSED = {400, 413, 422}
-
-
-@dataclass(frozen=True)
-class _Failure:
-    retryable: bool  # worth the same deployment again (after a backoff)
-    retry_after_s: float | None
-    reason: str
-    request_refused: bool = False  # the caller's request is at fault: stop, and count nothing against anyone
-
-
-def classify(exc: BaseException) -> _Failure:
-    if isinstance(exc, openai.RateLimitError):
-        header = exc.response.headers.get("retry-after") if exc.response is not None else None
-        return _Failure(True, float(header) if header and header.replace(".", "", 1).isdigit() else None, "429")
-    if isinstance(exc, openai.APIStatusError):
-        if exc.status_code in REQUEST_REFUSED:  # the provider's own words: they say what to change
-            body = exc.body if isinstance(exc.body, dict) else {}
-            said = str(body.get("message") or exc.message)[:300]
-            return _Failure(False, None, f"HTTP {exc.status_code}: {said}", request_refused=True)
-        return _Failure(exc.status_code >= 500, None, f"HTTP {exc.status_code}")
-    if isinstance(exc, openai.APITimeoutError | asyncio.TimeoutError | TimeoutError):
-        return _Failure(True, None, "timeout")
-    if isinstance(exc, openai.APIConnectionError | httpx.TransportError | ConnectionError):
-        return _Failure(True, None, "connection failed")
-    return _Failure(False, None, type(exc).__name__)
-
-
-def to_messages(messages: list[dict[str, str]]) -> list[BaseMessage]:
-    out: list[BaseMessage] = []
-    for m in messages:
-        role, content = m.get("role"), m.get("content", "")
-        if role == "system":
-            out.append(SystemMessage(content))
-        elif role == "user":
-            out.append(HumanMessage(content))
-        elif role == "assistant":
-            out.append(AIMessageChunk(content=content))
-        else:
-            raise InvalidInputError(f"unknown message role {role!r}: use system, user or assistant")
-    if not out or not isinstance(out[-1], HumanMessage):
-        raise InvalidInputError("the last message must be the user's")
-    return out
-
-
-def chat_model(
-    d: Deployment, max_tokens: int, temperature: float, http: httpx.AsyncClient, key: str = ""
-) -> BaseChatModel:
-    """`key`: the deployment's API key (ModelClient resolves its `api_key_env`)."""
-    if d.provider == "openai":
-        from langchain_openai import ChatOpenAI
-
-        limit: dict[str, Any] = (
-            {"extra_body": {"max_tokens": max_tokens}}
-            if d.max_tokens_param == "max_tokens"
-            else {"max_tokens": max_tokens}
-        )
-        return ChatOpenAI(model=d.model, base_url=d.base_url, api_key=SecretStr(key or "none"), timeout=d.timeout_s,
-                          max_retries=0, temperature=temperature, stream_usage=True, http_async_client=http,
-                          **limit)  # fmt: skip
-    try:
-        from langchain.chat_models import init_chat_model  # anthropic / ollama: their LangChain packages
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"deployment {d.name}: provider {d.provider} needs `langchain` and `langchain-{d.provider}` installed"
-        ) from exc
-
-    kwargs: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens, "timeout": d.timeout_s}
-    if d.base_url:
-        kwargs["base_url"] = d.base_url
-    if key:
-        kwargs["api_key"] = key
-    model: BaseChatModel = init_chat_model(d.model, model_provider=d.provider, **kwargs)
-    return model
 
 
 class ModelClient:
@@ -225,35 +169,83 @@ class ModelClient:
         bypass_cache: bool = False,
         on_token: OnToken | None = None,
     ) -> Completion:
-        chat = to_messages(messages)
+        """Plain role/content messages in, text out (the MCP `complete` tool)."""
+
+        async def on_chunk(chunk: AIMessageChunk) -> None:
+            if on_token is not None and chunk.text:
+                await on_token(chunk.text)
+
+        return await self.generate(
+            tenant, to_messages(messages), hint=hint, needs_tools=needs_tools, max_tokens=max_tokens,
+            temperature=temperature, bypass_cache=bypass_cache, on_chunk=on_chunk if on_token else None,
+        )  # fmt: skip
+
+    async def decide(
+        self,
+        tenant: str,
+        chat: Sequence[BaseMessage],
+        *,
+        hint: str | None = None,
+        purpose: str | None = None,
+        needs_tools: bool = False,
+    ) -> Decision:
+        """The tier for a conversation: the caller's hint, else the fleet's tier for the call's purpose
+        (planning goes large), else the router on the request, all under the tenant's policy and budget."""
         policy = self.fleet.policy_for(tenant)
+        wanted = hint or (self.fleet.purpose_tiers.get(purpose) if purpose else None)
         # Off the event loop: the classifier embeds the prompt, which can wait on the model process.
         decision = await asyncio.to_thread(
-            self.router.decide, str(chat[-1].content), hint=hint, needs_tools=needs_tools, policy=policy
-        )
-        decision = await self._within_budget(tenant, decision)
+            self.router.decide, routed_text(chat, self.fleet.rules.long_prompt_words), hint=wanted,
+            needs_tools=needs_tools, policy=policy,
+        )  # fmt: skip
+        if wanted and not hint and decision.stage == "hint":
+            decision = Decision(decision.tier, "rule", f"rule:purpose ({purpose} calls go to {wanted})")
+        return await self._within_budget(tenant, decision)
+
+    async def generate(
+        self,
+        tenant: str,
+        chat: Sequence[BaseMessage],
+        *,
+        hint: str | None = None,
+        purpose: str | None = None,
+        needs_tools: bool = False,
+        tools: Sequence[dict[str, Any]] = (),
+        tool_choice: str | None = None,
+        schema: OutputSchema | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        bypass_cache: bool = False,
+        on_chunk: OnChunk | None = None,
+    ) -> Completion:
+        """One answer to a conversation: an AI message (text, or tool calls when `tools` are bound; JSON matching
+        `schema` when one is given), routed, balanced, retried, cached, accounted and traced."""
+        if not chat:
+            raise InvalidInputError("a model call needs at least one message")
+        decision = await self.decide(tenant, chat, hint=hint, purpose=purpose, needs_tools=needs_tools or bool(tools))
         from observability.instruments import model_metrics
 
         metrics = model_metrics()
         metrics.decisions.labels(decision.tier, decision.stage).inc()
-        params = {"max_tokens": max_tokens, "temperature": temperature}
-        key = self.cache.key(tenant, [d.model for d in self.fleet.in_tier(decision.tier)], messages, params)
+        params = {"max_tokens": max_tokens, "temperature": temperature, "tools": list(tools),
+                  "tool_choice": tool_choice, "schema": schema and [schema.name, schema.schema]}  # fmt: skip
+        models = [d.model for d in self.fleet.in_tier(decision.tier)]
+        key = self.cache.key(tenant, models, messages_to_dict(list(chat)), params)
         hit = None if bypass_cache else await self.cache.get(key)
         metrics.cache.labels("bypass" if bypass_cache else "hit" if hit else "miss").inc()
         if hit is not None:
-            completion = Completion(**{**hit, "decision": decision, "cached": True, "cost_usd": 0.0})
-            if on_token is not None:
-                await on_token(completion.text)
+            completion = Completion._from_stored(hit, decision)
+            if on_chunk is not None:
+                await on_chunk(whole_chunk(completion.message))
             return completion
         # A tier the tenant's policy chose (forced, capped, downgraded) is not left for a dearer one.
+        policy = self.fleet.policy_for(tenant)
         highest = decision.tier if decision.stage == "policy" else policy.max_tier or self.fleet.tiers[-1]
-        completion = await self._call(decision, _Ask(chat, max_tokens, temperature, on_token), highest)
+        ask = Ask(list(chat), max_tokens, temperature, tuple(tools), tool_choice, schema, on_chunk)
+        completion = await self._call(decision, ask, highest)
         cost_tier = next(d for d in self.fleet.deployments if d.name == completion.deployment).tier
         await self.ledger.record(tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd)
-        stored = completion.public()
-        stored.pop("decision")
-        stored.pop("cached")
-        await self.cache.put(key, stored)
+        await self.cache.put(key, completion._stored())
         return completion
 
     async def _within_budget(self, tenant: str, decision: Decision) -> Decision:
@@ -268,7 +260,7 @@ class ModelClient:
             return Decision(cheapest, "policy", f"over budget (${spent:.4f} of ${policy.budget_usd}): downgraded")
         raise BudgetExceededError(f"tenant {tenant!r} has spent ${spent:.4f} of its ${policy.budget_usd} budget")
 
-    async def _call(self, decision: Decision, ask: _Ask, highest: str) -> Completion:
+    async def _call(self, decision: Decision, ask: Ask, highest: str) -> Completion:
         """Deployments of the decided tier, then (if the fleet falls back) of the tiers above it up to `highest`."""
         attempts: list[str] = []
         tiers = self.fleet.tiers
@@ -306,8 +298,8 @@ class ModelClient:
         )
 
     async def _attempt(
-        self, lease: Lease, d: Deployment, decision: Decision, ask: _Ask
-    ) -> Completion | tuple[_Failure, bool]:
+        self, lease: Lease, d: Deployment, decision: Decision, ask: Ask
+    ) -> Completion | tuple[Failure, bool]:
         """One call on a leased deployment; the lease goes back with the verdict in the same round trip.
 
         Returns the completion, or the failure and whether the deployment's circuit is now open."""
@@ -337,7 +329,7 @@ class ModelClient:
         ceiling = min(self.fleet.backoff_max_s, self.fleet.backoff_base_s * 2**attempt)
         return self._rng.uniform(0, ceiling)  # full jitter: retries of many callers spread out
 
-    async def _traced(self, d: Deployment, decision: Decision, ask: _Ask) -> Completion:
+    async def _traced(self, d: Deployment, decision: Decision, ask: Ask) -> Completion:
         """One attempt as a Langfuse generation: model, usage, cost, TTFT, and the routing decision."""
         if self._langfuse is None:
             return await self._stream(d, ask)
@@ -355,8 +347,11 @@ class ModelClient:
             except Exception as exc:
                 generation.update(level="ERROR", status_message=f"{d.name}: {classify(exc).reason}")
                 raise
+            output: Any = result.text
+            if result.message.tool_calls:
+                output = {"content": result.text, "tool_calls": result.message.tool_calls}
             generation.update(
-                output=result.text,
+                output=output,
                 usage_details={"input": result.tokens_in, "output": result.tokens_out},
                 cost_details={"total": result.cost_usd},
                 completion_start_time=started + timedelta(seconds=result.ttft_s) if result.ttft_s else None,
@@ -368,46 +363,80 @@ class ModelClient:
             )
             return result
 
-    async def _stream(self, d: Deployment, ask: _Ask) -> Completion:
+    async def _stream(self, d: Deployment, ask: Ask) -> Completion:
         from observability.instruments import model_metrics
 
         metrics = model_metrics()
-        model = self._chat_model(d, ask.max_tokens, ask.temperature)
+        prepared = prepare(self._chat_model(d, ask.max_tokens, ask.temperature), d, ask)
         metrics.in_flight.labels(d.name).inc()
         started = time.perf_counter()
         ttft: float | None = None
-        pieces: list[str] = []
+        chunks = 0
+        sent = False  # whether anything reached the caller: from then on a failure is not retried
+        merged: AIMessageChunk | None = None
         usage: dict[str, Any] | None = None
         try:
             async with asyncio.timeout(d.timeout_s):
-                async for chunk in model.astream(ask.chat):
+                async for chunk in prepared.runnable.astream(prepared.messages):
+                    if not isinstance(chunk, AIMessageChunk):
+                        continue
                     if chunk.usage_metadata:  # providers split it over chunks (input first, output last)
                         usage = dict(add_usage(cast(Any, usage), chunk.usage_metadata))
-                    text = chunk.content if isinstance(chunk.content, str) else ""
-                    if not text:
+                    merged = chunk if merged is None else merged + chunk
+                    if not chunk.text and not chunk.tool_call_chunks:
                         continue
                     if ttft is None:
                         ttft = time.perf_counter() - started
                         metrics.ttft.labels(d.name).observe(ttft)
-                    pieces.append(text)
-                    if ask.on_token is not None:
-                        await ask.on_token(text)
-                    if len(pieces) >= ask.max_tokens:  # servers that ignore the limit still stop here
+                    chunks += 1
+                    if ask.on_chunk is not None and prepared.streams:
+                        sent = True
+                        await ask.on_chunk(AIMessageChunk(content=chunk.content,
+                                                          tool_call_chunks=chunk.tool_call_chunks))  # fmt: skip
+                    if chunks >= ask.max_tokens:  # servers that ignore the limit still stop here
                         break
         except Exception as exc:
-            if pieces and ask.on_token is not None:
+            if sent:
                 raise PartialStreamError(
-                    f"{d.name} failed after streaming {len(pieces)} chunks ({classify(exc).reason}); not retried"
+                    f"{d.name} failed after streaming {chunks} chunks ({classify(exc).reason}); not retried"
                 ) from exc
             raise
         finally:
             metrics.in_flight.labels(d.name).dec()
         latency = time.perf_counter() - started
-        text = "".join(pieces)
+        message = prepared.finish(_as_message(merged))
+        if ask.on_chunk is not None and not prepared.streams:
+            await ask.on_chunk(whole_chunk(message))
         estimated = usage is None  # e.g. llama.cpp sends no usage on streams: count roughly, and say so
         tokens_in = int(usage["input_tokens"]) if usage else sum(len(str(m.content)) for m in ask.chat) // 4 + 1
-        tokens_out = int(usage["output_tokens"]) if usage else len(pieces)
+        tokens_out = int(usage["output_tokens"]) if usage else chunks
         metrics.tokens.labels(d.name, "in").inc(tokens_in)
         metrics.tokens.labels(d.name, "out").inc(tokens_out)
-        return Completion(text, Decision(d.tier, "", ""), d.name, d.model, tokens_in, tokens_out, estimated,
+        message.usage_metadata = {"input_tokens": tokens_in, "output_tokens": tokens_out,
+                                  "total_tokens": tokens_in + tokens_out}  # fmt: skip
+        message.response_metadata = {**message.response_metadata, "model_name": d.model, "deployment": d.name,
+                                     "tier": d.tier}  # fmt: skip
+        return Completion(message, Decision(d.tier, "", ""), d.name, d.model, tokens_in, tokens_out, estimated,
                           d.cost(tokens_in, tokens_out), ttft, latency)  # fmt: skip
+
+
+def _as_message(merged: AIMessageChunk | None) -> AIMessage:
+    """The streamed chunks as one message: text joined, tool-call pieces assembled into tool calls."""
+    if merged is None:
+        return AIMessage(content="")
+    return AIMessage(
+        content=merged.content,
+        tool_calls=merged.tool_calls,
+        invalid_tool_calls=merged.invalid_tool_calls,
+        response_metadata=merged.response_metadata,
+    )
+
+
+def routed_text(chat: Sequence[BaseMessage], long_words: int) -> str:
+    """What the router reads: the latest request, or the whole conversation once that is long (a long
+    context is a reason for the large tier by itself)."""
+    texts = [m.text for m in chat]
+    if sum(len(t.split()) for t in texts) >= long_words:
+        return "\n".join(texts)
+    request = next((m for m in reversed(chat) if isinstance(m, HumanMessage)), chat[-1])
+    return request.text

@@ -45,6 +45,22 @@ class Deployment(BaseModel):
         default="max_completion_tokens",
         description="How the server wants the output limit (llama.cpp and older servers ignore max_completion_tokens).",
     )
+    tool_calling: bool = Field(
+        default=True,
+        description="The server takes tools and answers with tool calls; otherwise calls with tools are asked for "
+        "their tool calls as JSON (routing/calls.py) and tool results are sent as text.",
+    )
+    can_plan: bool = Field(
+        default=True,
+        description="The model follows a planning prompt well enough to be asked for a plan; the agents use a "
+        "fixed plan (retrieve, then answer) on a tier with no such model (the bundled Gemma 270M cannot).",
+    )
+    structured_output: Literal["tool_calling", "json_schema", "json_object_schema", "json_object"] = Field(
+        default="tool_calling",
+        description="How to get a JSON answer matching a schema: a forced tool call, OpenAI's json_schema "
+        "response format, a json_object response format with a `schema` (llama.cpp: grammar-constrained), or "
+        "plain JSON mode with the schema in the prompt.",
+    )
 
     def cost(self, tokens_in: int, tokens_out: int) -> float:
         return (tokens_in * self.price_in_per_m + tokens_out * self.price_out_per_m) / 1_000_000
@@ -62,6 +78,11 @@ class Fleet(BaseModel):
     health: HealthSettings = Field(default_factory=HealthSettings)
     rules: RuleSettings = Field(default_factory=RuleSettings)
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
+    purpose_tiers: dict[str, str] = Field(
+        default_factory=lambda: {"plan": "large"},
+        description="Tier for calls made for a purpose (the agents' `plan`, `rewrite`, `arguments`, `answer`), "
+        "before the router reads the request; a tenant's policy still applies.",
+    )
 
     @model_validator(mode="after")
     def _tiers_known(self) -> Fleet:
@@ -71,10 +92,16 @@ class Fleet(BaseModel):
         names = [d.name for d in self.deployments]
         if len(names) != len(set(names)):
             raise ValueError("deployment names must be unique")
+        wrong = {p: t for p, t in self.purpose_tiers.items() if t not in self.tiers}
+        if wrong:
+            raise ValueError(f"purpose_tiers name unknown tiers {wrong}; tiers are {self.tiers}")
         return self
 
     def in_tier(self, tier: str) -> list[Deployment]:
         return [d for d in self.deployments if d.tier == tier]
+
+    def can_plan(self, tier: str) -> bool:
+        return any(d.can_plan for d in self.in_tier(tier))
 
     def policy_for(self, tenant: str) -> TenantPolicy:
         return self.tenants.get(tenant, TenantPolicy())
@@ -112,6 +139,11 @@ def embedded_fleet(base_urls: list[str], model: str) -> Fleet:
                     price_in_per_m=p_in,
                     price_out_per_m=p_out,
                     max_tokens_param="max_tokens",
+                    # llama-cpp-python's server: no tool roles in Gemma's chat format; JSON answers are
+                    # constrained to a schema by a grammar.
+                    tool_calling=False,
+                    structured_output="json_object_schema",
+                    can_plan=False,
                     timeout_s=120,
                 )
             )

@@ -48,7 +48,7 @@ class ResponseCache:
         self.prefix = f"{prefix}:llmcache"
         self.ttl_s = ttl_s
 
-    def key(self, tenant: str, models: list[str], messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+    def key(self, tenant: str, models: list[str], messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
         material = json.dumps([tenant, sorted(models), messages, params], sort_keys=True)
         return f"{self.prefix}:{hashlib.sha256(material.encode()).hexdigest()}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.settings import Settings
 from core.stack import resolve_endpoints
 from rag.services import RagServices, open_rag
-from workers.app import INGEST_TASK, create_celery_app, queue_depth
+from workers.app import INGEST_TASK, TOOL_TASK, create_celery_app, queue_depth
 from workers.instrumentation import instrument_producer
 
 
@@ -20,6 +20,10 @@ class QueueClient:
         # is down it retries that subscription for about 19 s before failing with a RuntimeError that says to
         # restart the application; the worker would also keep every result in Redis for a week.
         self.app.send_task(INGEST_TASK, args=[job_id], ignore_result=True)
+
+    def send_tool_call(self, call_id: str) -> None:
+        # The Celery task id is the call id (run id + step id): the same step never makes a second task.
+        self.app.send_task(TOOL_TASK, args=[call_id], task_id=call_id, ignore_result=True)
 
     def ingest_depth(self) -> int:
         return queue_depth(self.app, "ingest")

@@ -70,13 +70,23 @@ def instrument_producer() -> None:
     signals.before_task_publish.connect(_inject_trace_headers, weak=False, dispatch_uid="orchestrion-trace")
 
 
+_tracer: _TaskTracer | None = None
+
+
+def process_tracing() -> Tracing | None:
+    """This pool process's tracing (made at its start), for its Host."""
+    return _tracer.tracing if _tracer is not None else None
+
+
 def instrument_worker(app: Celery, settings: Settings) -> None:
-    tracer = _TaskTracer(settings)
+    global _tracer
+    tracer = _tracer = _TaskTracer(settings)
     instrument_producer()  # tasks that send tasks keep the chain
     signals.worker_process_init.connect(tracer.start_process, weak=False)
     signals.worker_process_shutdown.connect(tracer.stop_process, weak=False)
     signals.task_prerun.connect(tracer.before_start, weak=False)
     signals.task_postrun.connect(tracer.after_run, weak=False)
-    from workers.process import warm_up
+    from workers.process import close_host, warm_up
 
     signals.worker_process_init.connect(warm_up, weak=False)
+    signals.worker_process_shutdown.connect(close_host, weak=False)

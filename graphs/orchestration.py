@@ -1,0 +1,145 @@
+"""The orchestration graph: planner -> fan-out of ready steps (retriever, executor) -> gather -> ... -> answer.
+
+    START -> plan -> (Send "step" for each ready step | answer | stop)
+    step -> gather -> (replan -> plan | next ready steps | answer | stop)
+    answer -> END;  stop -> END
+
+Steps whose dependencies are met run in the same superstep (LangGraph `Send`), up to
+`max_parallel_steps`. `gather` runs once per superstep: it decides whether the run needs a new
+plan (a failed step, no evidence at all), and whether a budget is spent (steps, tool calls,
+tokens, wall time), which ends the run with the reason in `stop_reason`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from agents.deps import AgentDeps
+from agents.executor import answer_step, tool_step
+from agents.planner import plan_step
+from agents.retriever import retrieve_step
+from agents.state import RunContext, RunState, StepTask
+
+NODES = ("plan", "step", "gather", "answer", "stop")
+
+
+def build_graph(deps: AgentDeps) -> StateGraph[RunState, RunContext, RunState, RunState]:
+    """The uncompiled graph; compile it with the process's checkpointer."""
+
+    async def plan(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        return await plan_step(state, deps, runtime.context)
+
+    async def step(task: StepTask, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        if task["step"]["kind"] == "retrieve":
+            rewrite = (task["step"].get("query") is None) and await deps.can_plan(runtime.context.tenant)
+            return await retrieve_step(task, deps, runtime.context, rewrite)
+        return await tool_step(task, deps, runtime.context)
+
+    async def gather(state: RunState) -> dict[str, Any]:
+        return judge(state, deps)
+
+    async def answer(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        return await answer_step(state, deps, runtime.context)
+
+    async def stop(state: RunState) -> dict[str, Any]:
+        reason = state.get("stop_reason") or spent(state, deps) or pending_budget(state, deps)
+        return {"stop_reason": reason, "answer": None, "citations": []}
+
+    def after(state: RunState) -> list[Send] | str:
+        return schedule(state, deps)
+
+    graph: StateGraph[RunState, RunContext, RunState, RunState] = StateGraph(RunState, context_schema=RunContext)
+    graph.add_node("plan", plan)
+    graph.add_node("step", step)  # type: ignore[call-overload]  # its input is a Send payload, not the state
+    graph.add_node("gather", gather)
+    graph.add_node("answer", answer)
+    graph.add_node("stop", stop)
+    graph.add_edge(START, "plan")
+    graph.add_conditional_edges("plan", after, ["step", "answer", "stop", "plan"])
+    graph.add_edge("step", "gather")
+    graph.add_conditional_edges("gather", after, ["step", "answer", "stop", "plan"])
+    graph.add_edge("answer", END)
+    graph.add_edge("stop", END)
+    return graph
+
+
+def spent(state: RunState, deps: AgentDeps) -> str | None:
+    """The token or time budget this run has used up, if any (steps and tool calls are rationed by `schedule`)."""
+    s, usage = deps.settings, state.get("usage") or {}
+    if usage.get("tokens", 0) >= s.max_tokens:
+        return f"token budget spent ({int(usage['tokens'])} of {s.max_tokens} tokens)"
+    elapsed = time.time() - state.get("started_at", time.time())
+    if elapsed >= s.max_wall_s:
+        return f"time budget spent ({elapsed:.0f} s of {s.max_wall_s:.0f} s)"
+    return None
+
+
+def judge(state: RunState, deps: AgentDeps) -> dict[str, Any]:
+    """After a superstep of steps: a budget stop, a replan, or nothing (the schedule goes on)."""
+    reason = spent(state, deps)
+    if reason:
+        return {"stop_reason": reason}
+    plan = state.get("plan") or {"steps": []}
+    results = state.get("step_results") or {}
+    current = [results[s["id"]] for s in plan["steps"] if s["id"] in results]
+    failed = [r for r in current if not r.get("ok")]
+    if state.get("replans", 0) >= deps.settings.max_replans:
+        return {}  # no new plan: the answer is written from what was found
+    if failed:
+        return {"needs_replan": "; ".join(f"{r.get('tool') or r.get('kind')}: {r.get('error')}" for r in failed)}
+    retrieved = [r for r in current if r.get("kind") == "retrieve"]
+    if (
+        retrieved
+        and len(retrieved) == sum(s["kind"] == "retrieve" for s in plan["steps"])
+        and not state.get("evidence")
+    ):
+        return {"needs_replan": "the searches found no passages: search with other words or filters"}
+    return {}
+
+
+def schedule(state: RunState, deps: AgentDeps) -> list[Send] | str:
+    """Where the run goes next: the ready steps (in parallel), the answer, a new plan, or the stop."""
+    if state.get("stop_reason") or spent(state, deps):
+        return "stop"
+    if state.get("needs_replan"):
+        return "plan"
+    plan = state.get("plan") or {"steps": []}
+    results = state.get("step_results") or {}
+    done = {sid for sid, r in results.items() if r.get("ok")}
+    settled = set(results)
+    ready, blocked = [], []
+    for s in plan["steps"]:
+        if s["kind"] == "answer" or s["id"] in settled:
+            continue
+        if any(d in settled and d not in done for d in s["depends_on"]):
+            blocked.append(s)  # a step it needs failed and no replan is left: it cannot run
+        elif all(d in done for d in s["depends_on"]):
+            ready.append(s)
+    if not ready:
+        return "answer"
+    usage, limits = state.get("usage") or {}, deps.settings
+    steps_left = limits.max_steps - int(usage.get("steps", 0))
+    calls_left = limits.max_tool_calls - int(usage.get("tool_calls", 0))
+    chosen: list[dict[str, Any]] = []
+    for s in ready[: limits.max_parallel_steps]:
+        if len(chosen) >= steps_left or (s["kind"] == "tool" and calls_left <= 0):
+            continue
+        calls_left -= s["kind"] == "tool"
+        chosen.append(s)
+    if not chosen:
+        return "stop"  # `stop` names the budget that is spent
+    evidence = (state.get("evidence") or [])[:5]
+    question, run_id = state.get("question", ""), state.get("run_id", "")
+    return [Send("step", StepTask(step=s, question=question, run_id=run_id, evidence=evidence)) for s in chosen]
+
+
+def pending_budget(state: RunState, deps: AgentDeps) -> str:
+    usage, limits = state.get("usage") or {}, deps.settings
+    if int(usage.get("steps", 0)) >= limits.max_steps:
+        return f"step budget spent ({int(usage.get('steps', 0))} of {limits.max_steps} steps)"
+    return f"tool-call budget spent ({int(usage.get('tool_calls', 0))} of {limits.max_tool_calls} tool calls)"

@@ -1,0 +1,221 @@
+"""Graph logic with scripted chat models: plans, retrieval, tools, replans, fallbacks, budgets, fan-out,
+approvals and threads. Real Valkey (run records), a real SQLite checkpointer and the real MCP toolbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.graphs.harness import answer, harness, plan, retrieve, run, tool
+from tests.graphs.scripted import Script, hit
+from tools.servers_file import ToolRules
+
+TENANT = "acme"
+
+
+def test_plan_retrieve_answer_cites_what_was_retrieved(valkey: str, tmp_path: Path) -> None:
+    script = Script().on("plan", plan(retrieve("s1", "okapi habitat"), answer("s2", "s1")))
+    script.on("answer", "Okapis live in rainforests [1], not deserts [7].")
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, script) as h:
+            h.tools.hits = [hit("zoo/okapi", 0, 0.91, "The okapi lives in the Ituri rainforest.", "Okapi"),
+                            hit("zoo/camel", 2, 0.40, "Camels live in deserts.", "Camel")]  # fmt: skip
+            done = await h.runner.ask(TENANT, "Where do okapis live?", on_event=h.record)
+            assert done.status == "success", done.error
+            assert done.plan_source == "model"
+            assert done.answer == "Okapis live in rainforests [1], not deserts."  # [7] pointed at nothing
+            assert [c["doc_id"] for c in done.citations] == ["zoo/okapi"]
+            assert done.citations[0]["chunk_index"] == 0 and done.citations[0]["heading_path"] == ["Okapi", "Section"]
+            # the search ran for the run's tenant, with the planned query
+            assert h.tools.calls[0][:2] == ("search_documents", TENANT)
+            assert h.tools.calls[0][2]["query"] == "okapi habitat"
+            kinds = [k for k, _ in h.events]
+            assert kinds.index("plan") < kinds.index("step") < kinds.index("answer")
+
+    run(main)
+
+
+def test_a_failing_tool_sends_the_run_back_to_the_planner(valkey: str, tmp_path: Path) -> None:
+    script = Script().on(
+        "plan",
+        plan(tool("s1", "flaky", {"x": 1}), answer("s2", "s1")),
+        plan(tool("t1", "add", {"a": 2, "b": 3}), answer("t2", "t1")),
+    )
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, script) as h:
+            h.tools.fail_next = 1
+            done = await h.runner.ask(TENANT, "Compute something")
+            assert done.status == "success", done.error
+            state = await h.runner.thread_state(TENANT, done.thread_id)
+            assert [p["version"] for p in state["plans"]] == [1, 2]
+            assert state["step_results"]["p1.s1"]["ok"] is False
+            assert "flaky failed on purpose" in state["step_results"]["p1.s1"]["error"]
+            assert state["step_results"]["p2.t1"]["ok"] is True
+            replan_prompt = script.calls[1][2][-1].text
+            assert "flaky failed on purpose" in replan_prompt  # the planner was told what failed
+            assert h.tools.count("add") == 1 and h.tools.count("flaky") == 1
+
+    run(main)
+
+
+def test_an_invalid_plan_is_retried_once_then_the_fixed_plan_is_used(valkey: str, tmp_path: Path) -> None:
+    script = Script().on("plan", "not json at all", plan(tool("s1", "no_such_tool", {}), answer("s2")))
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, script) as h:
+            h.tools.hits = [hit("d", 0, 0.5, "passage")]
+            done = await h.runner.ask(TENANT, "What is in my documents?")
+            assert done.status == "success" and done.plan_source == "fallback"
+            state = await h.runner.thread_state(TENANT, done.thread_id)
+            first = state["plans"][0]
+            assert len(first["errors"]) == 2 and "not JSON" in first["errors"][0]
+            assert "no tool 'no_such_tool'" in first["errors"][1]
+            assert "no valid plan" in first["reason"]
+            assert [s["kind"] for s in first["steps"]] == ["retrieve", "answer"]
+            # the retry showed the model its own answer and the problems
+            retry = script.calls[1][2]
+            assert retry[-2].text == "not json at all" and "cannot run" in retry[-1].text
+            assert done.citations and done.citations[0]["doc_id"] == "d"
+
+    run(main)
+
+
+def test_a_tier_that_cannot_plan_gets_the_fixed_plan_without_asking(valkey: str, tmp_path: Path) -> None:
+    script = Script()
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, script, can_plan=False) as h:
+            h.tools.hits = [hit("d", 0, 0.5, "passage")]
+            done = await h.runner.ask(TENANT, "Anything?")
+            assert done.plan_source == "fixed" and "plan" not in script.purposes()
+            assert "rewrite" not in script.purposes()  # a model that cannot plan does not rewrite queries either
+            assert done.answer and done.citations
+
+    run(main)
+
+
+def test_budgets_end_the_run_with_their_reason(valkey: str, tmp_path: Path) -> None:
+    two_calls = plan(tool("s1", "add", {"a": 1, "b": 1}), tool("s2", "add", {"a": 2, "b": 2}, "s1"), answer("s3"))
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, Script().on("plan", two_calls), max_tool_calls=1) as h:
+            done = await h.runner.ask(TENANT, "Add twice")
+            assert done.status == "success" and done.answer is None
+            assert done.stop_reason == "tool-call budget spent (1 of 1 tool calls)"
+            assert h.tools.count("add") == 1
+        async with harness(valkey, tmp_path / "t", Script().on("plan", two_calls), max_tokens=15) as h:
+            done = await h.runner.ask(TENANT, "Add twice")  # the plan alone costs 15 tokens
+            assert done.stop_reason == "token budget spent (15 of 15 tokens)" and h.tools.count("add") == 0
+        async with harness(valkey, tmp_path / "s", Script().on("plan", two_calls), max_steps=1) as h:
+            done = await h.runner.ask(TENANT, "Add twice")
+            assert done.stop_reason == "step budget spent (1 of 1 steps)"
+
+    run(main)
+
+
+def test_independent_steps_run_at_the_same_time(valkey: str, tmp_path: Path) -> None:
+    parallel = plan(tool("a", "slow_add", {"a": 1, "b": 2, "seconds": 0.5}),
+                    tool("b", "slow_add", {"a": 3, "b": 4, "seconds": 0.5}), answer("c", "a", "b"))  # fmt: skip
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, Script().on("plan", parallel)) as h:
+            done = await h.runner.ask(TENANT, "Two sums")
+            assert done.status == "success"
+            starts = [c[2]["t"] for c in h.tools.calls if c[0] == "slow_add"]
+            ends = [c[2]["t"] for c in h.tools.calls if c[0] == "slow_add_done"]
+            assert len(starts) == 2 and max(starts) < min(ends)  # the second began before the first ended
+            state = await h.runner.thread_state(TENANT, done.thread_id)
+            texts = [e["text"] for e in state["evidence"] if e["kind"] == "tool"]
+            assert any('"sum":3' in t.replace(" ", "") for t in texts) and any(
+                '"sum":7' in t.replace(" ", "") for t in texts
+            )
+
+    run(main)
+
+
+def test_approval_interrupts_and_resumes_with_exactly_the_approved_call(valkey: str, tmp_path: Path) -> None:
+    email = plan(tool("s1", "send_email", {"to": "ops@example.com", "body": "hi"}), answer("s2", "s1"))
+    rules = ToolRules(requires_approval=["send_email"])
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, Script().on("plan", email), rules=rules) as h:
+            waiting = await h.runner.ask(TENANT, "Email ops")
+            assert waiting.status == "interrupted" and h.tools.count("send_email") == 0
+            [pending] = waiting.interrupts
+            assert pending["value"]["tool"] == "send_email"
+            assert pending["value"]["arguments"] == {"to": "ops@example.com", "body": "hi"}
+            thread = await h.runner.store.thread(TENANT, waiting.thread_id)
+            assert thread.status == "interrupted"
+            done = await h.runner.approve(TENANT, waiting.run_id, approved=True)
+            assert done.status == "success" and h.tools.count("send_email") == 1
+            assert (await h.runner.store.thread(TENANT, waiting.thread_id)).status == "idle"
+
+    run(main)
+
+
+def test_a_rejection_goes_back_to_the_planner_and_the_tool_never_runs(valkey: str, tmp_path: Path) -> None:
+    email = plan(tool("s1", "send_email", {"to": "ops@example.com", "body": "hi"}), answer("s2", "s1"))
+    script = Script().on("plan", email, plan(retrieve("r1", "ops contacts"), answer("r2", "r1")))
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, script, rules=ToolRules(requires_approval=True)) as h:
+            h.tools.hits = [hit("contacts", 0, 0.7, "Ops: ops@example.com")]
+            waiting = await h.runner.ask(TENANT, "Email ops")
+            done = await h.runner.approve(TENANT, waiting.run_id, approved=False, reason="not now")
+            assert done.status == "success" and h.tools.count("send_email") == 0
+            state = await h.runner.thread_state(TENANT, done.thread_id)
+            assert state["step_results"]["p1.s1"]["error"] == "rejected by the user: not now"
+            assert state["rejected_tools"] == ["send_email"]
+            replan = script.calls[-2][2][-1].text  # the second plan call, before the answer
+            assert "rejected by the user" in replan and "send_email" in replan
+            assert [p["version"] for p in state["plans"]] == [1, 2]
+
+    run(main)
+
+
+def test_a_follow_up_on_a_thread_sees_its_history(valkey: str, tmp_path: Path) -> None:
+    script = Script().on("plan", plan(retrieve("s1", "q"), answer("s2"))).on("answer", "First answer [1].")
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, script) as h:
+            h.tools.hits = [hit("d", 0, 0.5, "passage")]
+            first = await h.runner.ask(TENANT, "What is the okapi?")
+            second = await h.runner.ask(TENANT, "And where does it live?", thread_id=first.thread_id)
+            assert second.thread_id == first.thread_id and second.status == "success"
+            answer_call = [m for _, p, m in script.calls if p == "answer"][-1]
+            texts = [m.text for m in answer_call]
+            assert "What is the okapi?" in texts and "First answer [1]." in texts
+            state = await h.runner.thread_state(TENANT, first.thread_id)
+            assert len(state["messages"]) == 4  # two questions, two answers
+            runs = await h.runner.store.thread_runs(TENANT, first.thread_id)
+            assert {r.run_id for r in runs} == {first.run_id, second.run_id}
+
+    run(main)
+
+
+def test_another_tenant_cannot_read_resume_approve_or_list_a_thread(valkey: str, tmp_path: Path) -> None:
+    from core.errors import NotFoundError
+
+    email = plan(tool("s1", "send_email", {"to": "a@example.com", "body": "x"}), answer("s2"))
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, Script().on("plan", email), rules=ToolRules(requires_approval=True)) as h:
+            waiting = await h.runner.ask("tenant-a", "Email a")
+            for attempt in (
+                h.runner.get_run("tenant-b", waiting.run_id),
+                h.runner.approve("tenant-b", waiting.run_id, approved=True),
+                h.runner.thread_state("tenant-b", waiting.thread_id),
+                h.runner.ask("tenant-b", "continue", thread_id=waiting.thread_id),
+            ):
+                try:
+                    await attempt
+                except NotFoundError as exc:
+                    assert waiting.run_id not in str(exc) or "no run" in str(exc)
+                else:
+                    raise AssertionError("tenant-b reached tenant-a's run or thread")
+            assert await h.runner.list_threads("tenant-b") == []
+            assert [t.thread_id for t in await h.runner.list_threads("tenant-a")] == [waiting.thread_id]
+            assert h.tools.count("send_email") == 0
+
+    run(main)

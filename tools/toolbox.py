@@ -1,0 +1,266 @@
+"""One MCP client layer for every tool the agents use.
+
+Our own servers are connected in-process (the SDK's direct dispatch: no transport, no JSON-RPC
+framing); third-party servers from the servers file over stdio or streamable HTTP, one
+connection per server for the process's life, shared by all runs. A server that fails to start
+or to list its tools is reported once and left out; the runs go on without its tools.
+
+The tenant of a call to an in-process server is set with `core.tenancy.acting_as` around the
+call: the SDK dispatches in the caller's task, so the tool reads exactly that tenant, and no
+tenant ever travels in the request a model could have shaped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import anyio
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import MCPServer
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.dispatcher import ProgressFnT as Progress
+from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolResult, RequestParamsMeta, Tool
+
+from core.errors import InvalidInputError
+from core.tenancy import acting_as
+from observability.propagation import inject_current
+from tools.servers_file import ServerEntry, ToolRules
+
+log = logging.getLogger(__name__)
+LONG_RUNNING_META = "orchestrion/longRunning"
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool as agents see it: `name` is unique in the toolbox (qualified with its server when two share one)."""
+
+    name: str
+    server: str
+    remote_name: str
+    description: str
+    input_schema: dict[str, Any]
+    in_process: bool
+    long_running: bool = False
+    requires_approval: bool = False
+    read_only: bool = False
+    timeout_s: float | None = None
+
+    def openai_schema(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description[:1000],
+                "parameters": self.input_schema or {"type": "object"},
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    ok: bool
+    text: str
+    structured: dict[str, Any] | None = None
+    error: str = ""
+
+    @classmethod
+    def from_mcp(cls, result: CallToolResult) -> ToolResult:
+        text = "\n".join(getattr(block, "text", "") for block in result.content if getattr(block, "text", None))
+        if result.is_error:
+            return cls(False, text, None, text or "the tool reported an error")
+        return cls(True, text, result.structured_content)
+
+    def public(self) -> dict[str, Any]:
+        return {"ok": self.ok, "text": self.text, "structured": self.structured, "error": self.error}
+
+
+@dataclass
+class _Server:
+    name: str
+    connect: Callable[[], Client]
+    in_process: bool
+    rules: ToolRules | None = None
+    client: Client | None = None
+    problem: str = ""
+
+
+@dataclass
+class Toolbox:
+    """Run `serve()` in a task for the process's life (it holds the connections); `ready()` waits until every
+    server connected or failed; `close()` ends `serve()`."""
+
+    in_process: Mapping[str, MCPServer]
+    external: Mapping[str, ServerEntry]
+    default_timeout_s: float = 60.0
+    in_process_rules: Mapping[str, ToolRules] = field(default_factory=dict)
+    _servers: dict[str, _Server] = field(init=False, default_factory=dict)
+    _specs: dict[str, ToolSpec] = field(init=False, default_factory=dict)
+    _ready: anyio.Event | None = field(init=False, default=None)
+    _closing: anyio.Event | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        for name, server in self.in_process.items():
+            rules = self.in_process_rules.get(name)
+            self._servers[name] = _Server(name, lambda s=server: Client(s), True, rules)  # type: ignore[misc]
+        for name, entry in self.external.items():
+            if name in self._servers:
+                raise InvalidInputError(f"MCP server name {name!r} is taken by one of Orchestrion's own")
+            self._servers[name] = _Server(name, lambda e=entry: _client_for(e), False, entry)  # type: ignore[misc]
+
+    async def serve(self) -> None:
+        ready, closing = anyio.Event(), anyio.Event()
+        self._ready, self._closing = ready, closing
+        waiting = set(self._servers)
+
+        def settled(name: str) -> None:
+            waiting.discard(name)
+            if not waiting:
+                ready.set()
+
+        async def one(server: _Server) -> None:
+            try:
+                async with server.connect() as client:
+                    listed = await _list_tools(client)
+                    server.client = client
+                    self._add_specs(server, listed)
+                    settled(server.name)
+                    await closing.wait()
+            except Exception as exc:  # noqa: BLE001 - one server's failure must not stop the others
+                server.problem = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("MCP server %s is unavailable, its tools are left out: %s", server.name, server.problem)
+            finally:
+                server.client = None
+                settled(server.name)
+
+        if not waiting:
+            ready.set()
+        async with anyio.create_task_group() as group:
+            for server in self._servers.values():
+                group.start_soon(one, server)
+
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        while self._ready is None:  # serve() not started yet
+            await anyio.sleep(0.01)
+        with anyio.move_on_after(timeout_s):
+            await self._ready.wait()
+
+    def close(self) -> None:
+        if self._closing is not None:
+            self._closing.set()
+
+    @property
+    def problems(self) -> dict[str, str]:
+        return {s.name: s.problem for s in self._servers.values() if s.problem}
+
+    def specs(self) -> list[ToolSpec]:
+        return list(self._specs.values())
+
+    def get(self, name: str) -> ToolSpec:
+        spec = self._specs.get(name)
+        if spec is None:
+            raise InvalidInputError(f"no tool {name!r}: the tools are {', '.join(sorted(self._specs)) or 'none'}")
+        return spec
+
+    async def call(
+        self,
+        tenant: str,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        progress: Progress | None = None,
+        timeout_s: float | None = None,
+    ) -> ToolResult:
+        """Call a tool for `tenant`. Failures of the tool or its server are results (ok=False), not exceptions:
+        a plan step that fails goes back to the planner."""
+        spec = self.get(name)
+        server = self._servers[spec.server]
+        if server.client is None:
+            return ToolResult(False, "", None, f"MCP server {spec.server} is not connected: {server.problem}")
+        meta: dict[str, Any] = {}
+        inject_current(meta)  # W3C trace context in the request's _meta; a server that does not read it ignores it
+        scope: AbstractContextManager[None] = acting_as(tenant) if spec.in_process else nullcontext()
+        timeout = timeout_s or spec.timeout_s or self.default_timeout_s
+        try:
+            with scope, anyio.fail_after(timeout):
+                result = await server.client.call_tool(
+                    spec.remote_name, arguments, progress_callback=progress, meta=cast(RequestParamsMeta, meta) or None
+                )
+        except TimeoutError:
+            return ToolResult(False, "", None, f"{name} did not answer within {timeout:.0f} s")
+        except MCPError as exc:
+            return ToolResult(False, "", None, f"{name}: {exc}")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
+            server.client, server.problem = None, f"connection lost: {type(exc).__name__}"
+            log.warning("MCP server %s: connection lost", spec.server)
+            return ToolResult(False, "", None, f"MCP server {spec.server} is not connected: {server.problem}")
+        return ToolResult.from_mcp(result)
+
+    def _add_specs(self, server: _Server, tools: list[Tool]) -> None:
+        taken = {s.remote_name for s in self._specs.values()}
+        for tool in tools:
+            name = tool.name if tool.name not in taken else f"{server.name}__{tool.name}"
+            if name in self._specs:  # a second server with the same tool name: both become qualified
+                first = self._specs.pop(name)
+                qualified = f"{first.server}__{first.remote_name}"
+                self._specs[qualified] = _renamed(first, qualified)
+                name = f"{server.name}__{tool.name}"
+            entry = server.rules
+            annotations = tool.annotations
+            task_support = tool.execution.task_support if tool.execution else None
+            self._specs[name] = ToolSpec(
+                name=name,
+                server=server.name,
+                remote_name=tool.name,
+                description=tool.description or tool.title or tool.name,
+                input_schema=dict(tool.input_schema or {}),
+                in_process=server.in_process,
+                long_running=bool(entry and entry.is_long_running(tool.name))
+                or task_support == "required"
+                or bool((tool.meta or {}).get(LONG_RUNNING_META)),
+                requires_approval=bool(entry and entry.needs_approval(tool.name)),
+                read_only=bool(annotations and annotations.read_only_hint),
+                timeout_s=entry.timeout_s if entry else None,
+            )
+
+
+def _renamed(spec: ToolSpec, name: str) -> ToolSpec:
+    return ToolSpec(
+        name,
+        spec.server,
+        spec.remote_name,
+        spec.description,
+        spec.input_schema,
+        spec.in_process,
+        spec.long_running,
+        spec.requires_approval,
+        spec.read_only,
+        spec.timeout_s,
+    )
+
+
+async def _list_tools(client: Client) -> list[Tool]:
+    tools: list[Tool] = []
+    cursor: str | None = None
+    for _ in range(100):  # a paginator that never ends cannot hang the start
+        page = await client.list_tools(cursor=cursor) if cursor else await client.list_tools()
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+def _client_for(entry: ServerEntry) -> Client:
+    if entry.command is not None:
+        params = StdioServerParameters(command=entry.command, args=entry.args, env=entry.env or None, cwd=entry.cwd)
+        return Client(params)
+    assert entry.url is not None
+    transport = streamable_http_client(entry.url, http_client=create_mcp_http_client(headers=entry.headers))
+    return Client(transport)
