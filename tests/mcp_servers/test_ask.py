@@ -107,6 +107,6 @@ def test_ask_never_crosses_tenants(rag: RagServices, api_server: ApiServer) -> N
         c["doc_id"] for c in asked.structured_content["citations"]
     }
     for refused in (get_run, approve, follow):
-        assert refused.is_error and "no run" in text_of(refused) or "no thread" in text_of(refused)
+        assert refused.is_error and ("no run" in text_of(refused) or "no thread" in text_of(refused))
         assert "7741" not in text_of(refused)
     assert a["thread_id"] not in str(threads.structured_content)
