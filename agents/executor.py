@@ -91,10 +91,18 @@ async def tool_step(task: StepTask, deps: AgentDeps, ctx: RunContext) -> dict[st
 
 
 async def _call(spec: ToolSpec, arguments: dict[str, Any], deps: AgentDeps, ctx: RunContext, sid: str) -> ToolResult:
-    if spec.long_running and deps.long_calls is not None:
-        call_id = f"{ctx.run_id}:{sid}"
-        return await deps.long_calls.run(call_id, ctx.run_id, spec.name, arguments, deps.settings.long_tool_timeout_s)
-    return await deps.toolbox.call(ctx.tenant, spec.name, arguments)
+    """Each call takes effect once: long calls on Celery, other calls with effects through the same record (a
+    resumed run gets their result, or a failed step if its process stopped mid-call); read-only calls run."""
+    calls, call_id = deps.long_calls, f"{ctx.run_id}:{sid}"
+    if calls is not None and spec.long_running:
+        return await calls.run(call_id, ctx.run_id, spec.name, arguments, deps.settings.long_tool_timeout_s)
+
+    async def direct() -> ToolResult:
+        return await deps.toolbox.call(ctx.tenant, spec.name, arguments)
+
+    if calls is not None and not spec.read_only:
+        return await calls.once(call_id, ctx.run_id, spec.name, arguments, direct)
+    return await direct()
 
 
 async def _arguments(

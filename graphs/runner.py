@@ -99,6 +99,7 @@ class Runner:
         if not await self.store.take_lease(run_id, self.owner, self.settings.run_lease_s):
             raise OrchestrionError(f"run {run_id} is being executed by another process")
         try:
+            await self.deps.toolbox.ready()  # a process just started: its MCP servers are still connecting
             return await self._execute(run, resume, on_event)
         finally:
             await self.store.release_lease(run_id, self.owner)

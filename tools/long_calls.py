@@ -9,6 +9,9 @@ A worker runs a call only after claiming it (SET NX on an execution lease it ren
 runs), so a task delivered twice (a re-send, a redelivery) executes the tool once. A call whose
 worker died mid-call (its state `running`, its lease expired) is failed, not run again: whether its
 effect happened is unknown, and a second effect would be worse than a failed step.
+
+Short calls with effects, run in the run's own process, keep the same record (`once`): a run resumed
+after its process died mid-call finds the call `running` and fails the step instead of calling again.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class CallRecord:
     finished_at: float | None = None
     sends: int = 1
     result: dict[str, Any] | None = None
+    kind: str = "long"  # long: run by a worker (`run`); once: run in the run's own process (`once`)
 
     def outcome(self) -> ToolResult:
         data = self.result or {}
@@ -92,7 +96,9 @@ class LongCalls:
                 return ToolResult(False, "", None, f"the record of long call {call_id} expired")
             if current.state in FINAL:
                 return current.outcome()
-            if current.state == RUNNING and not await self._redis.client().exists(self._exec_key(call_id)):
+            if current.state == RUNNING and (
+                current.kind == "once" or not await self._redis.client().exists(self._exec_key(call_id))
+            ):
                 again = await self.load(call_id)  # it may have finished between the two reads
                 if again is not None and again.state in FINAL:
                     return again.outcome()
@@ -106,9 +112,40 @@ class LongCalls:
             await anyio.sleep(wait)
             wait = min(poll_s, wait * 2)
 
+    async def once(
+        self,
+        call_id: str,
+        run_id: str,
+        tool: str,
+        arguments: dict[str, Any],
+        call: Callable[[], Awaitable[ToolResult]],
+    ) -> ToolResult:
+        """Run a call in this process at most once per call id; a repeat gets the first result."""
+        record = CallRecord(call_id, run_id, tool, arguments, state=RUNNING, started_at=time.time(), kind="once")
+        created = await self._redis.client().set(
+            self._key(call_id), json.dumps(asdict(record)), nx=True, ex=self._ttl_s
+        )
+        if not created:
+            earlier = await self.load(call_id)
+            if earlier is not None and earlier.state in FINAL:
+                return earlier.outcome()
+            if earlier is not None and earlier.kind == "long":  # a worker has it (another process's rules said so)
+                return await self.run(call_id, run_id, tool, arguments, timeout_s=RESEND_AFTER_S * 30)
+            # Only a resumed run asks again, and a run is resumed only once its process is gone: that
+            # process was making this call when it stopped.
+            return await self._fail_lost(earlier or record)
+        try:
+            result = await call()
+        except BaseException:
+            await self._redis.client().delete(self._key(call_id))  # it never reached the tool: free to retry
+            raise
+        record.state, record.finished_at, record.result = (DONE if result.ok else FAILED), time.time(), result.public()
+        await self._save(record)
+        return result
+
     async def _fail_lost(self, record: CallRecord) -> ToolResult:
         record.state, record.finished_at = FAILED, time.time()
-        reason = "the worker running this call stopped mid-call; it is not run again (its effect is unknown)"
+        reason = "the process running this call stopped mid-call; it is not run again (its effect is unknown)"
         record.result = ToolResult(False, "", None, reason).public()
         await self._save(record)
         return record.outcome()

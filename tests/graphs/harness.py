@@ -19,7 +19,7 @@ from graphs.runs import RunStore
 from routing.redis_loop import LoopRedis
 from tests.graphs.scripted import Script, ToolLog, scripted_factory, test_tools
 from tools.long_calls import LongCalls
-from tools.servers_file import ToolRules
+from tools.servers_file import ServerEntry, ToolRules
 from tools.toolbox import Toolbox
 
 
@@ -45,11 +45,13 @@ async def harness(
     rules: ToolRules | None = None,
     long_calls: LongCalls | None = None,
     prefix: str | None = None,
+    external: dict[str, ServerEntry] | None = None,
     **agent_settings: Any,
 ) -> AsyncIterator[Harness]:
     settings = Settings(data_dir=data_dir, agents=AgentSettings(**agent_settings))
     log = ToolLog()
-    toolbox = Toolbox({"testtools": test_tools(log)}, {}, in_process_rules={"testtools": rules or ToolRules()})
+    toolbox = Toolbox({"testtools": test_tools(log)}, external or {},
+                      in_process_rules={"testtools": rules or ToolRules()})  # fmt: skip
 
     async def plans(_: str) -> bool:
         return can_plan

@@ -35,7 +35,7 @@ Reply = str | dict[str, Any] | AIMessage | Callable[[list[BaseMessage]], Any]
 class Script:
     replies: dict[str, list[Reply]] = field(default_factory=lambda: defaultdict(list))
     calls: list[tuple[str, str, list[BaseMessage]]] = field(default_factory=list)  # (tenant, purpose, messages)
-    delay_s: float = 0.0
+    delays: dict[str, float] = field(default_factory=dict)  # purpose -> seconds each call takes
 
     def on(self, purpose: str, *replies: Reply) -> Script:
         self.replies[purpose].extend(replies)
@@ -97,8 +97,8 @@ class ScriptedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        if self.script.delay_s:
-            await asyncio.sleep(self.script.delay_s)
+        if self.script.delays.get(self.purpose):
+            await asyncio.sleep(self.script.delays[self.purpose])
         return self._generate(messages)
 
     async def _astream(
