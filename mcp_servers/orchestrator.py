@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from core.errors import OrchestrionError
 from graphs.runs import RunRecord, ThreadRecord
 from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from mcp_servers.protocol import client_log
 from operations import knowledge
 
 DOCUMENT_URI = "orchestrion://documents/{+doc_id}"
@@ -111,6 +112,7 @@ class _Progress:
             return
         self.done += 1
         await self.ctx.report_progress(self.done, self.total, message)
+        await client_log(self.ctx, "info", message)
 
 
 def add_orchestrator_tools(server: MCPServer, deps: ServerDeps) -> None:

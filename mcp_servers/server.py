@@ -18,6 +18,7 @@ from mcp_servers.context import ServerDeps
 from mcp_servers.ingest import add_ingest_tools
 from mcp_servers.orchestrator import add_document_resources, add_orchestrator_tools
 from mcp_servers.ping import add_ping_tool, orchestrion_version
+from mcp_servers.protocol import add_document_completions, add_log_levels
 from mcp_servers.retrieval import add_retrieval_tools
 from mcp_servers.router import add_router_tools
 from rag.embedding import warm_up
@@ -39,6 +40,7 @@ def build_server(
     http_base_url: str | None,
     open_host: HostOpener | None = None,
     for_agents: bool = False,
+    extra_completions: Any = None,
 ) -> MCPServer:
     """`http_base_url` set: bearer auth against the tenant registry. `open_host` set: the server opens the
     process's Host itself (a standalone server); otherwise its host process (the API server, the agents'
@@ -74,10 +76,12 @@ def build_server(
     )
     if not for_agents:
         add_ping_tool(server)
+        add_log_levels(server)
     if which in ("all", "retrieval"):
         add_retrieval_tools(server, deps)
         if not for_agents:
             add_document_resources(server, deps)
+            add_document_completions(server, deps, extra_completions)
     if which in ("all", "ingest"):
         add_ingest_tools(server, deps, settings.rag.progress_wait_s)
     if which in ("all", "router"):

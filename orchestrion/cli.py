@@ -115,8 +115,9 @@ def worker(
 
     configure_logging("worker", settings.log_level, settings.server.log_format)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] if queues else settings.celery.queues
-    run_worker(settings, chosen, concurrency or settings.celery.concurrency, hostname or default_hostname(),
-               worker_host)  # fmt: skip
+    run_worker(
+        settings, chosen, concurrency or settings.celery.concurrency, hostname or default_hostname(), worker_host
+    )
 
 
 @app.command()
@@ -151,7 +152,11 @@ def serve(
 @_clear_errors
 def mcp_command(
     server: Annotated[
-        str, typer.Argument(help="Which MCP server: all, retrieval, ingest, router or orchestrator (ask).")
+        str,
+        typer.Argument(
+            help="Which MCP server: all, retrieval, ingest, router, orchestrator (ask), or conformance (the "
+            "official suite's test profile: --http, loopback only)."
+        ),
     ] = "all",
     http: Annotated[
         bool, typer.Option("--http", help="Serve streamable HTTP (bearer tokens) instead of stdio.")
@@ -171,6 +176,9 @@ def mcp_command(
     from orchestrion.wiring import open_host
 
     configure_logging("mcp", settings.log_level, settings.server.log_format)  # stderr: stdout is the protocol
+    if server == "conformance":
+        _serve_conformance(settings, port, http)
+        return
     if http:
         chosen = port or settings.server.mcp_port
         host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
@@ -181,6 +189,28 @@ def mcp_command(
         deps = ServerDeps(local_tenant=settings.tenants.default)
         mcp = build_server(server, settings, deps, http_base_url=None, open_host=open_host)
         anyio.run(mcp.run_stdio_async)
+
+
+def _serve_conformance(settings: Settings, port: int | None, http: bool) -> None:
+    """The conformance profile: loopback only, no auth, the local default tenant (mcp_servers/conformance.py)."""
+    import anyio
+
+    from core.errors import InvalidInputError
+    from mcp_servers.conformance import conformance_server
+    from mcp_servers.context import ServerDeps
+    from mcp_servers.protocol import MemoryEventStore
+    from orchestrion.wiring import open_host
+
+    if not http:
+        raise InvalidInputError("the conformance profile is served over HTTP: `orchestrion mcp conformance --http`")
+    deps = ServerDeps(local_tenant=settings.tenants.default)
+    mcp = conformance_server(settings, deps, open_host)
+    chosen = port or settings.server.mcp_port
+    anyio.run(
+        lambda: mcp.run_streamable_http_async(
+            host="127.0.0.1", port=chosen, event_store=MemoryEventStore(), retry_interval=500
+        )
+    )
 
 
 @app.command()
