@@ -228,6 +228,55 @@ def api_server(
     process.stop()
 
 
+def _postgres_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if not found:
+        raise RuntimeError("PostgreSQL is not installed (Debian package postgresql): .ci/run installs it")
+    return found[-1].parent
+
+
+@pytest.fixture(scope="session")
+def postgres_url(services_dir: Path) -> Iterator[str]:
+    """URL of a real PostgreSQL server (the checkpointer of compose), run as the `postgres` user when we are root."""
+    import subprocess
+
+    import tempfile
+
+    # Not under pytest's temp dir: that is private to root, and the server runs as `postgres`.
+    bin_dir, data = _postgres_bin(), Path(tempfile.mkdtemp(prefix="orchestrion-pg-")) / "data"
+    data.parent.chmod(0o755)
+    data.mkdir()
+    as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if os.getuid() == 0 else []
+    if as_postgres:
+        shutil.chown(data, "postgres", "postgres")
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "orchestrion", "--auth=trust",
+                    "-E", "UTF8"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    port = free_port()
+    url = f"postgresql://orchestrion@127.0.0.1:{port}/postgres"
+
+    def ready() -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(url, connect_timeout=1):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    spec = services.ServiceSpec(
+        name="postgres",
+        argv=[*as_postgres, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+              "-k", str(data)],
+        env=dict(os.environ),
+        healthy=ready,
+        start_timeout_s=60.0,
+    )  # fmt: skip
+    process = launch(spec, services_dir / "logs", CONSOLE)
+    yield url
+    process.stop()
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def embeddings_llm(service_settings: Settings, services_dir: Path) -> Iterator[str]:
     """Base URL of a real llama.cpp server answering /v1/embeddings (Gemma 3 270M): a second,

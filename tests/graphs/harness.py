@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,8 @@ from tests.graphs.scripted import Script, ToolLog, scripted_factory, test_tools
 from tools.long_calls import LongCalls
 from tools.servers_file import ServerEntry, ToolRules
 from tools.toolbox import Toolbox
+
+CHECKPOINT_URL_VARIABLE = "ORCH_TEST_CHECKPOINT_URL"
 
 
 @dataclass
@@ -48,6 +51,8 @@ async def harness(
     external: dict[str, ServerEntry] | None = None,
     **agent_settings: Any,
 ) -> AsyncIterator[Harness]:
+    if os.environ.get(CHECKPOINT_URL_VARIABLE):  # the test runs on Postgres (see test_orchestration.py)
+        agent_settings.setdefault("checkpoint_url", os.environ[CHECKPOINT_URL_VARIABLE])
     settings = Settings(data_dir=data_dir, agents=AgentSettings(**agent_settings))
     log = ToolLog()
     toolbox = Toolbox({"testtools": test_tools(log)}, external or {},

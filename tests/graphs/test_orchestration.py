@@ -3,13 +3,24 @@ approvals and threads. Real Valkey (run records), a real SQLite checkpointer and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.graphs.harness import answer, harness, plan, retrieve, run, tool
+import pytest
+
+from tests.graphs.harness import CHECKPOINT_URL_VARIABLE, answer, harness, plan, retrieve, run, tool
 from tests.graphs.scripted import Script, hit
 from tools.servers_file import ToolRules
 
 TENANT = "acme"
+
+
+@pytest.fixture(autouse=True, params=["sqlite", "postgres"])
+def checkpointer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test here runs on both checkpointers: SQLite (the embedded default) and Postgres (compose)."""
+    if request.param == "postgres":
+        monkeypatch.setenv(CHECKPOINT_URL_VARIABLE, request.getfixturevalue("postgres_url"))
+    yield request.param
 
 
 def test_plan_retrieve_answer_cites_what_was_retrieved(valkey: str, tmp_path: Path) -> None:
