@@ -10,6 +10,7 @@ LangGraph's `messages` stream mode through the callbacks) work as LangChain defi
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from operator import itemgetter
@@ -190,13 +191,19 @@ def _result(completion: Completion) -> ChatResult:
 
 def output_schema(schema: dict[str, Any] | type) -> OutputSchema:
     if isinstance(schema, type) and issubclass(schema, BaseModel):
-        return OutputSchema(schema.__name__, schema.model_json_schema(), (schema.__doc__ or "").strip())
+        return _model_schema(schema)
     if isinstance(schema, dict):
         if "function" in schema or "parameters" in schema:
             tool = convert_to_openai_tool(schema)["function"]
             return OutputSchema(tool["name"], tool.get("parameters", {}), tool.get("description", ""))
         return OutputSchema(str(schema.get("title", "output")), schema, str(schema.get("description", "")))
     raise TypeError(f"structured output takes a pydantic model or a JSON schema dict, not {schema!r}")
+
+
+@functools.cache
+def _model_schema(model: type[BaseModel]) -> OutputSchema:
+    """Generating a model's JSON schema costs milliseconds; the agents ask for the same few on every run."""
+    return OutputSchema(model.__name__, model.model_json_schema(), (model.__doc__ or "").strip())
 
 
 def parse_structured(message: AIMessage, schema: dict[str, Any] | type) -> Any:

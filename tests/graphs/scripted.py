@@ -31,7 +31,7 @@ from routing.chat import structured_runnable
 Reply = str | dict[str, Any] | AIMessage | Callable[[list[BaseMessage]], Any]
 
 
-@dataclass
+@dataclass(repr=False)  # LangChain puts a model's repr in every call's trace metadata: keep it short
 class Script:
     replies: dict[str, list[Reply]] = field(default_factory=lambda: defaultdict(list))
     calls: list[tuple[str, str, list[BaseMessage]]] = field(default_factory=list)  # (tenant, purpose, messages)
@@ -67,7 +67,7 @@ def _default(purpose: str) -> Any:
 class ScriptedChatModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    script: Script
+    script: Script = Field(repr=False)
     tenant: str
     purpose: str
     stream_words: bool = Field(default=True)
