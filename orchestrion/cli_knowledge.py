@@ -146,6 +146,23 @@ def search(
 
 @app.command()
 @_clear_errors
+def ask(
+    question: str,
+    thread: Annotated[
+        str | None, typer.Option(help="Continue this thread (its id is printed after an answer).")
+    ] = None,
+) -> None:
+    """Ask the agents (planner, retriever, executor) about the default tenant's documents, through the running
+    stack; prints the answer with its numbered citations."""
+    from orchestrion.asking import ask as ask_agents
+    from orchestrion.asking import local_endpoint, print_answer
+
+    url, token = local_endpoint(_settings())
+    print_answer(ask_agents(url, token, question, thread, console), console)
+
+
+@app.command()
+@_clear_errors
 def reindex(
     tenant: TenantOption = None,
     all_tenants: Annotated[bool, typer.Option("--all", help="Every tenant in the registry.")] = False,

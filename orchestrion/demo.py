@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from core.errors import OrchestrionError
 from core.settings import Settings
 from orchestrion.knowledge import files_under, ingest_files, print_hits, provision, report_jobs
 from rag.store import SearchHit
@@ -38,7 +39,9 @@ def local_token(settings: Settings, issue: Callable[[], str]) -> str:
     return token
 
 
-def first_run(settings: Settings, api_url: str, console: Console, *, samples: bool = True) -> str:
+def first_run(
+    settings: Settings, api_url: str, console: Console, *, samples: bool = True, ask_agents: bool = True
+) -> str:
     """Provision the default tenant, ingest the samples if it has no documents, show a cited search.
     Returns the local bearer token."""
     tenant = settings.tenants.default
@@ -63,4 +66,12 @@ def first_run(settings: Settings, api_url: str, console: Console, *, samples: bo
     )
     response.raise_for_status()
     print_hits([SearchHit(**h) for h in response.json()["hits"]], console, DEMO_QUESTION)
+    if ask_agents:
+        from orchestrion.asking import ask, print_answer
+
+        console.print(f"[bold]The agents, asked over MCP:[/bold] {DEMO_QUESTION}")
+        try:
+            print_answer(ask(f"{api_url}/mcp", token, DEMO_QUESTION, None, console), console)
+        except OrchestrionError as exc:  # the stack is up either way; say why the agents could not answer
+            console.print(f"[yellow]the agents could not answer:[/yellow] {exc}")
     return token

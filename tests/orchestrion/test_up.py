@@ -93,6 +93,8 @@ def test_full_embedded_stack_serves_every_part(full_stack: UpRun) -> None:
         output = full_stack.first_output
         assert "tenant 'default' provisioned" in output and "12 document(s) ingested" in output
         assert "api-communication.md" in output  # the demo question's citation
+        asked = output[output.index("The agents, asked over MCP") :]
+        assert "api-communication.md" in asked and "plan: fixed" in asked  # the agents' answer, cited
         token = (data_dir / "local-token").read_text().strip()
 
         # The MCP endpoint, over HTTP (bearer token) and over stdio (finds this stack by data dir).
@@ -180,6 +182,16 @@ def test_terminal_commands_provision_ingest_and_search(full_stack: UpRun, tmp_pa
     code, _, out = _cli(data_dir, "search", "what is backpressure", "--k", "2")
     assert code == 0 and "message-queues.md" in out and "okapi" not in out, out
     assert _searches_served(urls["api_url"]) == before + 1
+
+    # The agents, from the terminal: an answer from the default tenant's documents, then a follow-up.
+    code, _, out = _cli(data_dir, "ask", "What is backpressure?")
+    assert code == 0 and "message-queues.md" in out and "plan: fixed" in out, out
+    thread = re.search(r"thread ([0-9a-f-]{36})", out)
+    assert thread is not None, out
+    code, _, out = _cli(data_dir, "ask", "And what happens when the queue is full?", "--thread", thread.group(1))
+    assert code == 0 and f"thread {thread.group(1)}" in out.replace("\n", " "), out
+    code, _, out = _cli(data_dir, "ask", "x", "--thread", "no-such-thread")
+    assert code == 1 and out.startswith("error:") and "no thread 'no-such-thread'" in out, out
 
     # The token issued on the terminal is that tenant's over MCP, until revoked.
     hits = _mcp_search(http(urls["mcp_url"], token), "giraffid with striped legs")
