@@ -80,5 +80,6 @@ def print_answer(result: dict[str, Any], console: Console) -> None:
         console.print(table)
     console.print(
         f"[dim]plan: {result.get('plan_source')} · thread {result['thread_id']} · run {result['run_id']}"
-        f" · trace {result.get('trace_id')}[/dim]"
+        f" · trace {result.get('trace_id')}[/dim]",
+        soft_wrap=True,  # ids on one line, whatever the terminal's width
     )
