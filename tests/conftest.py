@@ -221,7 +221,7 @@ def api_server(
         argv=[sys.executable, "-m", "orchestrion", "serve"],
         env=env,
         healthy=services.http_ok(f"{url}/healthz"),
-        start_timeout_s=120.0,
+        start_timeout_s=240.0,  # torch's import alone takes minutes on a contended 2-core machine
     )
     process = launch(spec, services_dir / "logs", CONSOLE)
     yield ApiServer(url, env)
