@@ -101,7 +101,7 @@ async def _call(spec: ToolSpec, arguments: dict[str, Any], deps: AgentDeps, ctx:
         return await deps.toolbox.call(ctx.tenant, spec.name, arguments)
 
     if calls is not None and not spec.read_only:
-        return await calls.once(call_id, ctx.run_id, spec.name, arguments, direct)
+        return await calls.once(call_id, ctx.run_id, spec.name, arguments, direct, deps.settings.tool_timeout_s)
     return await direct()
 
 

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import DotenvType
 
@@ -252,7 +252,12 @@ class AgentSettings(BaseModel):
     answer_max_tokens: int = Field(default=400, ge=16, description="Output limit of the answer.")
     history_turns: int = Field(default=4, ge=0, description="Earlier question/answer pairs of a thread shown.")
     tool_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of a tool call made in the run.")
-    long_tool_timeout_s: float = Field(default=900.0, gt=0, description="Timeout of a long tool call (Celery).")
+    long_tool_timeout_s: float = Field(
+        default=780.0,
+        gt=0,
+        description="Timeout of a long tool call (Celery); below celery.task_soft_time_limit_s, so the task that "
+        "runs it is never cut short first.",
+    )
     run_lease_s: float = Field(
         default=20.0,
         ge=2,
@@ -349,6 +354,15 @@ class Settings(BaseSettings):
         if value.task_soft_time_limit_s >= value.task_time_limit_s:
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
         return value
+
+    @model_validator(mode="after")
+    def _long_calls_fit_in_tasks(self) -> Settings:
+        if self.agents.long_tool_timeout_s >= self.celery.task_soft_time_limit_s:
+            raise ValueError(
+                f"agents.long_tool_timeout_s ({self.agents.long_tool_timeout_s:g}) must be below "
+                f"celery.task_soft_time_limit_s ({self.celery.task_soft_time_limit_s}): the task would be cut first"
+            )
+        return self
 
     @field_validator("rag")
     @classmethod

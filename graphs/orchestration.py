@@ -25,8 +25,6 @@ from agents.planner import plan_step
 from agents.retriever import retrieve_step
 from agents.state import RunContext, RunState, StepTask
 
-NODES = ("plan", "step", "gather", "answer", "stop")
-
 
 def build_graph(deps: AgentDeps) -> StateGraph[RunState, RunContext, RunState, RunState]:
     """The uncompiled graph; compile it with the process's checkpointer."""
@@ -73,7 +71,8 @@ def spent(state: RunState, deps: AgentDeps) -> str | None:
     s, usage = deps.settings, state.get("usage") or {}
     if usage.get("tokens", 0) >= s.max_tokens:
         return f"token budget spent ({int(usage['tokens'])} of {s.max_tokens} tokens)"
-    elapsed = time.time() - state.get("started_at", time.time())
+    # Active time only: the time a run waited for a person's decision is not spent by the run.
+    elapsed = time.time() - state.get("started_at", time.time()) - usage.get("paused_s", 0.0)
     if elapsed >= s.max_wall_s:
         return f"time budget spent ({elapsed:.0f} s of {s.max_wall_s:.0f} s)"
     return None
@@ -111,15 +110,12 @@ def schedule(state: RunState, deps: AgentDeps) -> list[Send] | str:
     plan = state.get("plan") or {"steps": []}
     results = state.get("step_results") or {}
     done = {sid for sid, r in results.items() if r.get("ok")}
-    settled = set(results)
-    ready, blocked = [], []
-    for s in plan["steps"]:
-        if s["kind"] == "answer" or s["id"] in settled:
-            continue
-        if any(d in settled and d not in done for d in s["depends_on"]):
-            blocked.append(s)  # a step it needs failed and no replan is left: it cannot run
-        elif all(d in done for d in s["depends_on"]):
-            ready.append(s)
+    # A step whose dependency failed (no replan left) never becomes ready: the answer is written without it.
+    ready = [
+        s
+        for s in plan["steps"]
+        if s["kind"] != "answer" and s["id"] not in results and all(d in done for d in s["depends_on"])
+    ]
     if not ready:
         return "answer"
     usage, limits = state.get("usage") or {}, deps.settings

@@ -10,14 +10,16 @@ in flight is attached to, not sent again (tools/long_calls.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
@@ -29,7 +31,7 @@ from agents.state import RunContext, run_input
 from core.errors import InvalidInputError, NotFoundError, OrchestrionError
 from core.settings import AgentSettings
 from graphs.orchestration import build_graph
-from graphs.runs import ERROR, INTERRUPTED, PENDING, RUNNING, SUCCESS, RunRecord, RunStore, ThreadRecord, new_id
+from graphs.runs import ERROR, FINAL, INTERRUPTED, PENDING, RUNNING, SUCCESS, RunRecord, RunStore, ThreadRecord, new_id
 from observability.propagation import current_trace_id
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ _tracer = trace.get_tracer("orchestrion.graphs")
 GRAPH_NAME = "orchestration"
 MAX_QUESTION_CHARS = 8000
 
-# (kind, data): "plan", "step", "answer" (from the nodes), "update" (a node finished), "token" (answer text).
+T = TypeVar("T")
+# (kind, data): "plan", "step", "answer" (from the nodes), "update" (a node finished).
 OnEvent = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
@@ -92,34 +95,49 @@ class Runner:
         return run
 
     async def execute(self, run_id: str, *, resume: Any = None, on_event: OnEvent | None = None) -> RunRecord:
-        """Run (or go on with) a run in this process until it ends or waits for a decision."""
-        run = await self.store.run(run_id)
-        if run.status in (SUCCESS, ERROR):
-            return run
-        if not await self.store.take_lease(run_id, self.owner, self.settings.run_lease_s):
+        """Run (or go on with) a run in this process until it ends or waits for a decision. For trusted callers
+        (this runner, a worker) that hold the run's id; the run's tenant comes from its record."""
+        lease = _Lease(self.store, run_id, f"{self.owner}:{uuid.uuid4().hex[:8]}", self.settings.run_lease_s)
+        if not await self.store.take_lease(run_id, lease.owner, lease.ttl_s):
             raise OrchestrionError(f"run {run_id} is being executed by another process")
+        lease.start()
+        settled = False
         try:
-            await self.deps.toolbox.ready()  # a process just started: its MCP servers are still connecting
-            return await self._execute(run, resume, on_event)
+            run = await self.store.run(run_id)  # read under the lease: a copy read before it may be stale
+            if run.status in FINAL or (run.status == INTERRUPTED and resume is None):
+                settled = True
+                return run
+            done = await self._execute(run, resume, on_event, lease)
+            settled = True
+            return done
         finally:
-            await self.store.release_lease(run_id, self.owner)
+            await asyncio.shield(lease.stop())
+            if settled:
+                await asyncio.shield(self.store.release_lease(run_id, lease.owner))
+            else:  # cancelled, lost, or the run's own storage failed: due for recovery at once
+                await asyncio.shield(self.store.drop_lease(run_id, lease.owner))
 
-    async def _execute(self, run: RunRecord, resume: Any, on_event: OnEvent | None) -> RunRecord:
+    async def _execute(self, run: RunRecord, resume: Any, on_event: OnEvent | None, lease: _Lease) -> RunRecord:
         config: Any = {
             "configurable": {"thread_id": checkpoint_thread(run.tenant, run.thread_id)},
             "metadata": {"run_id": run.run_id, "graph": GRAPH_NAME},
         }
         context = RunContext(run.tenant, run.run_id, run.thread_id)
-        run.status, run.executions = RUNNING, run.executions + 1
-        run.started_at = run.started_at or time.time()
-        await self.store.save_run(run)
         with _tracer.start_as_current_span(
             f"run {GRAPH_NAME}", attributes={"run.id": run.run_id, "thread.id": run.thread_id}
-        ):
-            run.trace_id = run.trace_id or current_trace_id()
-            graph_input = await self._input(run, config, resume)
+        ) as span:
             try:
-                await self._drive(run, graph_input, config, context, on_event)
+                await self.deps.toolbox.ready()  # a process just started: its MCP servers are still connecting
+                if resume is not None:  # an approval: kept until the run settles, for a resume after a crash
+                    run.resume = resume
+                run.status, run.executions = RUNNING, run.executions + 1
+                run.started_at = run.started_at or time.time()
+                run.trace_id = run.trace_id or current_trace_id()
+                await self.store.save_run(run)
+                graph_input = await self._input(run, config, resume)
+                await lease.guard(self._drive(run, graph_input, config, context, on_event))
+                lease.check()
+                done = await self._settle(run, config)
             except RunLostError:
                 raise
             except OrchestrionError as exc:
@@ -127,62 +145,61 @@ class Runner:
             except Exception as exc:
                 log.exception("run %s failed", run.run_id)
                 return await self._failed(run, f"internal error ({type(exc).__name__}); trace id {run.trace_id}")
-        return await self._settle(run, config)
+            span.set_attribute("run.status", done.status)
+            span.set_attribute("run.plan_source", done.plan_source)
+            return done
 
     async def _input(self, run: RunRecord, config: Any, resume: Any) -> Any:
-        if resume is not None:
-            return Command(resume=resume)
         snapshot = await self.graph.aget_state(config)
+        waiting = any(task.interrupts for task in snapshot.tasks)
+        if resume is not None:
+            paused = time.time() - (run.interrupted_at or time.time())
+            return Command(resume=resume, update={"usage": {"paused_s": paused}})
+        if run.resume is not None and waiting:
+            return Command(resume=run.resume)  # the approval this run was given before its process stopped
         if (snapshot.values or {}).get("run_id") == run.run_id:
             return None  # this run's input is checkpointed: go on from the last checkpoint
+        if await self.store.active_run(run.tenant, run.thread_id) != run.run_id:
+            raise OrchestrionError(f"run {run.run_id} no longer holds its thread; it is not started again")
         return run_input(run.question, run.run_id, run.started_at or time.time())
 
     async def _drive(
         self, run: RunRecord, graph_input: Any, config: Any, context: RunContext, on_event: OnEvent | None
     ) -> None:
-        lost = asyncio.Event()
-
-        async def keep_lease() -> None:
-            while True:
-                await asyncio.sleep(self.settings.run_lease_s / 3)
-                if not await self.store.renew_lease(run.run_id, self.owner, self.settings.run_lease_s):
-                    lost.set()
-                    return
-
-        keeper = asyncio.create_task(keep_lease())
-        try:
-            async for mode, chunk in self.graph.astream(
-                graph_input, config, context=context, stream_mode=["custom", "updates"], durability="sync"
-            ):
-                if lost.is_set():
-                    raise RunLostError(f"run {run.run_id}: lease lost; another process resumes it")
+        stream: Any = self.graph.astream(
+            graph_input, config, context=context, stream_mode=["custom", "updates"], durability="sync"
+        )
+        async with aclosing(stream):
+            async for mode, chunk in stream:
                 if on_event is not None:
                     await _forward(on_event, mode, chunk)
-        finally:
-            keeper.cancel()
 
     async def _settle(self, run: RunRecord, config: Any) -> RunRecord:
+        """Record the outcome: the run first, then its thread, and only then free the thread for the next run
+        (a run is never seen finished while another already holds its thread)."""
         snapshot = await self.graph.aget_state(config)
         values: Any = snapshot.values or {}
         interrupts = [{"id": i.id, "value": i.value} for task in snapshot.tasks for i in task.interrupts]
         run.usage = dict(values.get("usage") or {})
         run.plan_source = str((values.get("plan") or {}).get("source", ""))
         thread = await self.store.thread(run.tenant, run.thread_id)
+        run.resume = None
         if interrupts:
-            run.status, run.interrupts = INTERRUPTED, interrupts
+            run.status, run.interrupts, run.interrupted_at = INTERRUPTED, interrupts, time.time()
             thread.status = INTERRUPTED
         else:
             run.status, run.interrupts, run.finished_at = SUCCESS, [], time.time()
             run.answer, run.citations = values.get("answer"), list(values.get("citations") or [])
             run.stop_reason = values.get("stop_reason") or ""
             thread.status = "idle"
-            await self.store.free_thread(run)
         await self.store.save_run(run)
         await self.store.save_thread(thread)
+        if not interrupts:
+            await self.store.free_thread(run)
         return run
 
     async def _failed(self, run: RunRecord, reason: str) -> RunRecord:
-        run.status, run.error, run.finished_at = ERROR, reason, time.time()
+        run.status, run.error, run.finished_at, run.resume = ERROR, reason, time.time(), None
         await self.store.save_run(run)
         try:
             thread = await self.store.thread(run.tenant, run.thread_id)
@@ -248,7 +265,6 @@ class Runner:
                 continue
             self._resuming.add(run_id)
             resumed.append(run_id)
-            asyncio.create_task(self._resume(run_id))  # noqa: RUF006 - tracked in _resuming
         return resumed
 
     async def _resume(self, run_id: str) -> None:
@@ -264,9 +280,66 @@ class Runner:
 
 
 async def _forward(on_event: OnEvent, mode: str, chunk: Any) -> None:
-    if mode == "custom" and isinstance(chunk, dict) and "event" in chunk:
-        await on_event(str(chunk["event"]), chunk)
-    elif mode == "updates" and isinstance(chunk, dict):
-        for node, update in chunk.items():
-            if node != "__interrupt__":
-                await on_event("update", {"node": node, "update": update})
+    """A run outlives whoever watches it: a listener's failure (a client gone) is logged, never the run's."""
+    try:
+        if mode == "custom" and isinstance(chunk, dict) and "event" in chunk:
+            await on_event(str(chunk["event"]), chunk)
+        elif mode == "updates" and isinstance(chunk, dict):
+            for node, update in chunk.items():
+                if node != "__interrupt__":
+                    await on_event("update", {"node": node, "update": update})
+    except Exception:
+        log.info("a run event could not be delivered", exc_info=True)
+
+
+class _Lease:
+    """A run's lease while one execution holds it: renewed every third of its life from the moment it is taken;
+    lost when renewal is refused or has failed for a whole lease, which cancels the guarded execution."""
+
+    def __init__(self, store: RunStore, run_id: str, owner: str, ttl_s: float) -> None:
+        self.store, self.run_id, self.owner, self.ttl_s = store, run_id, owner, ttl_s
+        self.lost = False
+        self._keeper: asyncio.Task[None] | None = None
+        self._guarded: asyncio.Future[Any] | None = None
+
+    def start(self) -> None:
+        self._keeper = asyncio.create_task(self._keep())
+
+    async def _keep(self) -> None:
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                if await self.store.renew_lease(self.run_id, self.owner, self.ttl_s):
+                    renewed = time.monotonic()
+                    continue
+            except Exception:  # noqa: BLE001 - a Redis blip: try again while the lease may still be ours
+                if time.monotonic() - renewed < self.ttl_s:
+                    continue
+            self.lost = True
+            if self._guarded is not None:
+                self._guarded.cancel()
+            return
+
+    async def guard(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work`, cancelled if the lease is lost meanwhile (then RunLostError)."""
+        guarded: asyncio.Future[T] = asyncio.ensure_future(work)
+        self._guarded = guarded
+        try:
+            return await guarded
+        except asyncio.CancelledError:
+            if self.lost:
+                raise RunLostError(f"run {self.run_id}: lease lost; another process resumes it") from None
+            raise
+        finally:
+            self._guarded = None
+
+    def check(self) -> None:
+        if self.lost:
+            raise RunLostError(f"run {self.run_id}: lease lost; another process resumes it")
+
+    async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper

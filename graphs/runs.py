@@ -53,13 +53,26 @@ local now = redis.call('TIME')
 local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[1])
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, 50)
 """
-# KEYS: thread's active-run key, lease index; ARGV: run id, ttl s, grace ms. The run id holding the thread after
-# the call. A new run is in the lease index at once, due after the grace: if no process starts executing it by
-# then (its starter died), it is found like any orphan.
-_CLAIM_THREAD = """
+# KEYS: lease, lease index; ARGV: run id, owner. An execution that ended without settling the run (a crash of a
+# step's storage, a cancellation): the lease goes, the run is due in the index now, and any process resumes it.
+_DROP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000), ARGV[1])
+return 1
+"""
+# KEYS: thread's active-run key, lease index, run record, thread's runs; ARGV: run id, ttl s, grace ms, record,
+# created at. All or nothing: the thread claimed for the run, the run recorded, and in the lease index, due after
+# the grace: if no process starts executing it by then (its starter died), it is found like any orphan. Returns
+# the run id holding the thread.
+_CREATE_RUN = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return holder end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
+redis.call('EXPIRE', KEYS[4], ARGV[2])
 local now = redis.call('TIME')
 redis.call('ZADD', KEYS[2], now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[3]), ARGV[1])
 return ARGV[1]
@@ -85,11 +98,6 @@ class ThreadRecord:
     last_run_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("tenant")
-        return data
-
 
 @dataclass
 class RunRecord:
@@ -111,11 +119,10 @@ class RunRecord:
     plan_source: str = ""
     usage: dict[str, float] = field(default_factory=dict)
     trace_id: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("tenant")
-        return data
+    interrupted_at: float | None = None
+    # The decisions an approval sent, kept until the run settles: a run resumed after a crash gives the graph the
+    # same decisions again instead of asking the person twice.
+    resume: dict[str, Any] | None = None
 
 
 class RunStore:
@@ -186,17 +193,19 @@ class RunStore:
     async def create_run(self, run: RunRecord, start_within_s: float) -> RunRecord:
         """Record a run and claim its thread for it; BusyError when another run holds the thread. A run that no
         process has started executing within `start_within_s` counts as orphaned."""
-        holder = await self.redis.script(_CLAIM_THREAD)(
-            keys=[self._active(run.tenant, run.thread_id), self._leases],
-            args=[run.run_id, self.ttl_s, int(start_within_s * 1000)],
-        )
+        keys = [self._active(run.tenant, run.thread_id), self._leases, self._run(run.run_id),
+                self._thread_runs(run.tenant, run.thread_id)]  # fmt: skip
+        args: list[str | int | float] = [
+            run.run_id,
+            self.ttl_s,
+            int(start_within_s * 1000),
+            json.dumps(asdict(run)),
+            run.created_at,
+        ]
+        holder = await self.redis.script(_CREATE_RUN)(keys=keys, args=args)
         holder = holder.decode() if isinstance(holder, bytes) else holder
         if holder != run.run_id:
-            raise BusyError(f"thread {run.thread_id} is busy with run {holder}: wait for it, or cancel it", 2)
-        client = self.redis.client()
-        await client.set(self._run(run.run_id), json.dumps(asdict(run)), ex=self.ttl_s)
-        await client.zadd(self._thread_runs(run.tenant, run.thread_id), {run.run_id: run.created_at})
-        await client.expire(self._thread_runs(run.tenant, run.thread_id), self.ttl_s)
+            raise BusyError(f"thread {run.thread_id} is busy with run {holder}: wait for it to end", 2)
         return run
 
     async def run(self, run_id: str) -> RunRecord:
@@ -247,7 +256,12 @@ class RunStore:
         return bool(kept)
 
     async def release_lease(self, run_id: str, owner: str) -> None:
+        """The run is settled (ended, or waiting for a decision): it leaves the lease index."""
         await self.redis.script(_RENEW)(keys=[self._lease(run_id), self._leases], args=[run_id, owner, 0])
+
+    async def drop_lease(self, run_id: str, owner: str) -> None:
+        """The execution stopped before the run settled: the run is due for recovery at once."""
+        await self.redis.script(_DROP)(keys=[self._lease(run_id), self._leases], args=[run_id, owner])
 
     async def expired_leases(self, slack_s: float = 0.0) -> list[str]:
         ids = await self.redis.script(_EXPIRED)(keys=[self._leases], args=[int(slack_s * 1000)])

@@ -9,10 +9,15 @@ from typing import TYPE_CHECKING
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import ToolAnnotations
 
 from core.errors import AuthenticationError, BusyError, OrchestrionError
 from core.tenancy import acting_tenant
 from operations.services import Services
+
+# What a client (and our agents: a read-only call is safe to repeat after a crash) may know of a tool's effects.
+READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 if TYPE_CHECKING:
     from graphs.runner import Runner

@@ -11,7 +11,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel, Field
 
 from core.errors import InvalidInputError
-from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from mcp_servers.context import DESTRUCTIVE, READ_ONLY, ServerDeps, caller_tenant, client_errors
 from operations import knowledge
 from rag.filters import Scalar
 from rag.ingest import Submission
@@ -98,13 +98,13 @@ def add_ingest_tools(server: MCPServer, deps: ServerDeps, default_wait_s: float)
                     await ctx.report_progress(done, total, f"{finished}/{len(jobs)} documents finished")
             return Jobs(jobs=[_job(j) for j in jobs])
 
-    @server.tool(description="State and progress of one of the caller's ingest jobs.")
+    @server.tool(description="State and progress of one of the caller's ingest jobs.", annotations=READ_ONLY)
     async def get_ingest_status(job_id: str = Field(min_length=1, max_length=64)) -> Job:
         with client_errors():
             services, tenant = deps.ready(), caller_tenant(deps)
             return _job(await knowledge.job_status(services, tenant, job_id))
 
-    @server.tool(description="Delete one of the caller's documents and all its chunks.")
+    @server.tool(description="Delete one of the caller's documents and all its chunks.", annotations=DESTRUCTIVE)
     async def delete_document(doc_id: str = Field(min_length=1, max_length=200)) -> Deleted:
         with client_errors():
             services, tenant = deps.ready(), caller_tenant(deps)

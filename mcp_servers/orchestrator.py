@@ -4,6 +4,7 @@ caller's documents as MCP resources (a listing and `orchestrion://documents/{doc
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -14,10 +15,11 @@ from pydantic import BaseModel, Field
 
 from core.errors import OrchestrionError
 from graphs.runs import RunRecord, ThreadRecord
-from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from mcp_servers.context import READ_ONLY, ServerDeps, caller_tenant, client_errors
 from mcp_servers.protocol import client_log
 from operations import knowledge
 
+log = logging.getLogger(__name__)
 DOCUMENT_URI = "orchestrion://documents/{+doc_id}"
 LISTING_URI = "orchestrion://documents"
 RESOURCES_PER_PAGE = 100
@@ -133,7 +135,9 @@ def add_orchestrator_tools(server: MCPServer, deps: ServerDeps) -> None:
             runner, tenant = deps.runs(), caller_tenant(deps)
             return run_result(await runner.ask(tenant, question, thread_id, on_event=_Progress(ctx)))
 
-    @server.tool(description="One of the caller's runs: status, answer, citations, pending approvals.")
+    @server.tool(
+        description="One of the caller's runs: status, answer, citations, pending approvals.", annotations=READ_ONLY
+    )
     async def get_run(run_id: str = Field(min_length=1, max_length=64)) -> RunResult:
         with client_errors():
             runner, tenant = deps.runs(), caller_tenant(deps)
@@ -151,7 +155,7 @@ def add_orchestrator_tools(server: MCPServer, deps: ServerDeps) -> None:
             done = await runner.approve(tenant, run_id, decision == "approve", reason, on_event=_Progress(ctx))
             return run_result(done)
 
-    @server.tool(description="The caller's threads, most recently used first.")
+    @server.tool(description="The caller's threads, most recently used first.", annotations=READ_ONLY)
     async def list_threads(
         limit: int = Field(default=20, ge=1, le=100), cursor: str | None = Field(default=None, max_length=20)
     ) -> Threads:
@@ -213,6 +217,9 @@ def add_document_resources(server: MCPServer, deps: ServerDeps) -> None:
             services, tenant = deps.ready(), caller_tenant(deps)
             page = await knowledge.list_documents(services, tenant, RESOURCES_PER_PAGE, offset)
         except OrchestrionError:
+            return ListResourcesResult(resources=listed)
+        except Exception:
+            log.exception("listing the documents as resources failed")
             return ListResourcesResult(resources=listed)
         docs = [
             Resource(

@@ -7,6 +7,8 @@ from importlib.metadata import PackageNotFoundError, version
 from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 
+from mcp_servers.context import READ_ONLY
+
 
 class Pong(BaseModel):
     pong: bool = Field(description="Always true when the server answers.")
@@ -23,6 +25,10 @@ def orchestrion_version() -> str:
 
 
 def add_ping_tool(server: MCPServer) -> None:
-    @server.tool(name="ping", description="Check that Orchestrion's MCP endpoint answers; echoes a message.")
+    @server.tool(
+        name="ping",
+        description="Check that Orchestrion's MCP endpoint answers; echoes a message.",
+        annotations=READ_ONLY,
+    )
     def ping(message: str = Field(default="", max_length=1000, description="Text to echo back.")) -> Pong:
         return Pong(pong=True, server=server.name, version=orchestrion_version(), echo=message)

@@ -9,7 +9,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import BaseModel, Field
 
 from core.errors import InvalidInputError
-from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from mcp_servers.context import READ_ONLY, ServerDeps, caller_tenant, client_errors
 from operations import knowledge
 from rag.filters import FilterSpec
 from rag.search import SearchRequest
@@ -42,7 +42,10 @@ class DocumentPage(BaseModel):
 
 
 def add_retrieval_tools(server: MCPServer, deps: ServerDeps) -> None:
-    @server.tool(description="Search the caller's documents; returns cited chunks (vector, keyword or hybrid).")
+    @server.tool(
+        description="Search the caller's documents; returns cited chunks (vector, keyword or hybrid).",
+        annotations=READ_ONLY,
+    )
     async def search_documents(
         query: str = Field(min_length=1, max_length=2000, description="What to look for."),
         mode: Literal["hybrid", "vector", "keyword"] = "hybrid",
@@ -59,14 +62,16 @@ def add_retrieval_tools(server: MCPServer, deps: ServerDeps) -> None:
             )
             return SearchResults(hits=await knowledge.search_documents(services, tenant, request))
 
-    @server.tool(description="All chunks of one of the caller's documents, in order, with its metadata.")
+    @server.tool(
+        description="All chunks of one of the caller's documents, in order, with its metadata.", annotations=READ_ONLY
+    )
     async def get_document(doc_id: str = Field(min_length=1, max_length=200)) -> DocumentChunks:
         with client_errors():
             services, tenant = deps.ready(), caller_tenant(deps)
             info, chunks = await knowledge.get_document(services, tenant, doc_id)
             return DocumentChunks(document=document_out(info), chunks=chunks)
 
-    @server.tool(description="The caller's documents, a page at a time, ordered by doc_id.")
+    @server.tool(description="The caller's documents, a page at a time, ordered by doc_id.", annotations=READ_ONLY)
     async def list_documents(
         limit: int = Field(default=20, ge=1, le=200), cursor: str | None = Field(default=None)
     ) -> DocumentPage:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel, Field
 
-from mcp_servers.context import ServerDeps, caller_tenant, client_errors
+from mcp_servers.context import READ_ONLY, ServerDeps, caller_tenant, client_errors
 from operations import models
 
 
@@ -61,7 +61,9 @@ class Usage(BaseModel):
 
 
 def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
-    @server.tool(description="Explain which model tier would answer, and why, without calling a model.")
+    @server.tool(
+        description="Explain which model tier would answer, and why, without calling a model.", annotations=READ_ONLY
+    )
     async def route(
         text: str = Field(min_length=1, max_length=100_000),
         hint: str | None = Field(default=None, description="Ask for a tier (small, large)."),
@@ -99,7 +101,9 @@ def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
             data: dict[str, Any] = done.public()
             return Answer(**{**data, "decision": RouteDecision(**data["decision"])})
 
-    @server.tool(description="The model deployments: tier, health, calls in flight, latency, prices.")
+    @server.tool(
+        description="The model deployments: tier, health, calls in flight, latency, prices.", annotations=READ_ONLY
+    )
     async def list_models() -> Models:
         with client_errors():
             services = deps.ready()
@@ -111,7 +115,7 @@ def add_router_tools(server: MCPServer, deps: ServerDeps) -> None:
                      for d, h in view.deployments]  # fmt: skip
             return Models(policy=view.policy, models=infos)
 
-    @server.tool(description="The caller's token usage and cost, per tier.")
+    @server.tool(description="The caller's token usage and cost, per tier.", annotations=READ_ONLY)
     async def get_usage() -> Usage:
         with client_errors():
             services, tenant = deps.ready(), caller_tenant(deps)

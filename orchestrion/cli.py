@@ -204,7 +204,8 @@ def _serve_conformance(settings: Settings, port: int | None, http: bool) -> None
     if not http:
         raise InvalidInputError("the conformance profile is served over HTTP: `orchestrion mcp conformance --http`")
     deps = ServerDeps(local_tenant=settings.tenants.default)
-    mcp = conformance_server(settings, deps, open_host)
+    # Only this profile's own calls: it does not take over other processes' orphaned runs.
+    mcp = conformance_server(settings, deps, lambda s, role: open_host(s, role, recover_runs=False))
     chosen = port or settings.server.mcp_port
     anyio.run(
         lambda: mcp.run_streamable_http_async(

@@ -66,10 +66,11 @@ async def open_host(
         recovery = anyio.CancelScope()
         async with open_checkpointer(settings) as checkpointer, anyio.create_task_group() as group:
             group.start_soon(toolbox.serve)
-            host = Host(settings, services, queue, toolbox, long_calls=long_calls)
+            store = RunStore(redis, prefix, ttl)
+            host = Host(settings, services, queue, toolbox, store, long_calls=long_calls)
             if services.models is not None:
                 deps = routed_deps(services.models, toolbox, settings.agents, long_calls)
-                runner = host.runner = Runner(deps, RunStore(redis, prefix, ttl), checkpointer, settings.agents)
+                runner = host.runner = Runner(deps, store, checkpointer, settings.agents)
                 if recover_runs:
 
                     async def recover() -> None:
@@ -85,6 +86,7 @@ async def open_host(
                 recovery.cancel()
                 toolbox.close()  # its connections close in serve(); a server that hangs on exit is cut off
                 group.cancel_scope.deadline = anyio.current_time() + 10
+        await redis.aclose()
     finally:
         rag.close()
         if own_tracing:

@@ -161,16 +161,18 @@ def _structured(model: BaseChatModel, d: Deployment, ask: Ask) -> Prepared:
     instruction = SystemMessage(
         f"Answer with one JSON object only, no prose, matching this JSON schema:\n{json.dumps(schema.schema)}"
     )
-    if d.structured_output == "json_schema":  # OpenAI's strict structured outputs
-        fmt: dict[str, Any] = {
-            "type": "json_schema",
-            "json_schema": {"name": schema.name, "schema": schema.schema, "strict": False},
+    # Every form goes in the request body: given as `response_format`, LangChain streams through the OpenAI SDK's
+    # parsing helper, which knows neither llama.cpp's form nor a schema that is not a pydantic model. llama.cpp
+    # (and Anyscale-style servers) constrain generation to the schema with a grammar; plain JSON mode only
+    # promises JSON, so the schema is in the instruction as well.
+    fmt: dict[str, Any]
+    if d.structured_output == "json_schema":  # OpenAI's structured outputs
+        fmt = {"type": "json_schema", "json_schema": {"name": schema.name, "schema": schema.schema, "strict": False}}
+    else:
+        fmt = {
+            "type": "json_object",
+            **({"schema": schema.schema} if d.structured_output == "json_object_schema" else {}),
         }
-        return Prepared(model.bind(response_format=fmt), [*messages, instruction], _same)
-    # llama.cpp and Anyscale-style servers constrain generation to the schema with a grammar; plain JSON mode
-    # only promises JSON, so the schema is in the instruction as well. Sent in the body: LangChain would send
-    # a `response_format` through the SDK's parsing helper, which knows neither form.
-    fmt = {"type": "json_object", **({"schema": schema.schema} if d.structured_output == "json_object_schema" else {})}
     if d.provider != "openai":
         return Prepared(model, [*messages, instruction], _same)
     body = {**output_limit(d, ask.max_tokens), "response_format": fmt}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from operator import itemgetter
 from typing import Any, cast
@@ -38,6 +39,8 @@ class RoutedChatModel(BaseChatModel):
 
     client: ModelClient
     tenant: str
+    # LangChain's global cache would key answers without the tenant; the router's own cache is per tenant.
+    cache: bool | None = False
     purpose: str | None = None
     hint: str | None = None
     max_tokens: int = 512
@@ -99,13 +102,9 @@ class RoutedChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        on_chunk = None
-        if run_manager is not None:
-
-            async def on_chunk(chunk: AIMessageChunk) -> None:
-                await run_manager.on_llm_new_token(chunk.text, chunk=ChatGenerationChunk(message=chunk))
-
-        return _result(await self._complete(messages, on_chunk, kwargs))
+        # LangChain calls this only when no handler streams (otherwise `_astream`): nothing reads tokens here, so
+        # none are sent, and a failure after the first one may still be retried elsewhere.
+        return _result(await self._complete(messages, None, kwargs))
 
     async def _astream(
         self,
@@ -196,7 +195,8 @@ def output_schema(schema: dict[str, Any] | type) -> OutputSchema:
         if "function" in schema or "parameters" in schema:
             tool = convert_to_openai_tool(schema)["function"]
             return OutputSchema(tool["name"], tool.get("parameters", {}), tool.get("description", ""))
-        return OutputSchema(str(schema.get("title", "output")), schema, str(schema.get("description", "")))
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "output"))[:64] or "output"
+        return OutputSchema(name, schema, str(schema.get("description", "")))
     raise TypeError(f"structured output takes a pydantic model or a JSON schema dict, not {schema!r}")
 
 

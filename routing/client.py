@@ -192,7 +192,7 @@ class ModelClient:
         """The tier for a conversation: the caller's hint, else the fleet's tier for the call's purpose
         (planning goes large), else the router on the request, all under the tenant's policy and budget."""
         policy = self.fleet.policy_for(tenant)
-        wanted = hint or (self.fleet.purpose_tiers.get(purpose) if purpose else None)
+        wanted = hint or self.fleet.tier_for_purpose(purpose)
         # Off the event loop: the classifier embeds the prompt, which can wait on the model process.
         decision = await asyncio.to_thread(
             self.router.decide, routed_text(chat, self.fleet.rules.long_prompt_words), hint=wanted,
@@ -377,7 +377,8 @@ class ModelClient:
         usage: dict[str, Any] | None = None
         try:
             async with asyncio.timeout(d.timeout_s):
-                async for chunk in prepared.runnable.astream(prepared.messages):
+                # No callbacks inherited: the caller (routing/chat.py) reports this call's tokens once, itself.
+                async for chunk in prepared.runnable.astream(prepared.messages, config={"callbacks": []}):
                     if not isinstance(chunk, AIMessageChunk):
                         continue
                     if chunk.usage_metadata:  # providers split it over chunks (input first, output last)

@@ -79,9 +79,10 @@ class Fleet(BaseModel):
     rules: RuleSettings = Field(default_factory=RuleSettings)
     tenants: dict[str, TenantPolicy] = Field(default_factory=dict)
     purpose_tiers: dict[str, str] = Field(
-        default_factory=lambda: {"plan": "large"},
+        default_factory=dict,
         description="Tier for calls made for a purpose (the agents' `plan`, `rewrite`, `arguments`, `answer`), "
-        "before the router reads the request; a tenant's policy still applies.",
+        "before the router reads the request; a tenant's policy still applies. Planning goes to the largest tier "
+        "unless this names another.",
     )
 
     @model_validator(mode="after")
@@ -99,6 +100,11 @@ class Fleet(BaseModel):
 
     def in_tier(self, tier: str) -> list[Deployment]:
         return [d for d in self.deployments if d.tier == tier]
+
+    def tier_for_purpose(self, purpose: str | None) -> str | None:
+        if purpose is None:
+            return None
+        return self.purpose_tiers.get(purpose) or (self.tiers[-1] if purpose == "plan" else None)
 
     def can_plan(self, tier: str) -> bool:
         return any(d.can_plan for d in self.in_tier(tier))

@@ -32,6 +32,10 @@ class Behaviour:
     calls: int = 0
     started: list[float] = field(default_factory=list)
     authorization: str = ""  # the last request's Authorization header
+    # What to answer instead of numbered words: {"content": str} and/or {"tool_calls": [{"name", "arguments"}]},
+    # or a function of the request body returning that. Streamed in pieces (tool-call arguments split in two).
+    reply: Any = None
+    bodies: list[dict[str, Any]] = field(default_factory=list)  # every request body, in order
 
 
 class ProviderSimulator:
@@ -59,10 +63,14 @@ class ProviderSimulator:
         b.calls += 1
         b.started.append(time.monotonic())
         b.authorization = request.headers.get("authorization", "")
+        b.bodies.append(body)
         if b.status != 200:
             headers = {"Retry-After": str(b.retry_after_s)} if b.retry_after_s is not None else {}
             return JSONResponse({"error": {"message": f"simulated {b.status}"}}, b.status, headers=headers)
         await asyncio.sleep(b.delay_s)
+        if b.reply is not None:
+            reply = b.reply(body) if callable(b.reply) else b.reply
+            return StreamingResponse(self._scripted(reply), media_type="text/event-stream")
         words = [f"{self.name}-word{i} " for i in range(b.tokens)]
         if not body.get("stream"):
             return JSONResponse(_completion(self.name, "".join(words)))
@@ -82,6 +90,27 @@ class ProviderSimulator:
             last = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.name, "choices": [],
                     "usage": usage}  # fmt: skip
             yield f"data: {json.dumps(last)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def _scripted(self, reply: dict[str, Any]) -> Any:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            data = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+            return f"data: {json.dumps(data)}\n\n"
+
+        text = reply.get("content") or ""
+        for piece in [text[: len(text) // 2], text[len(text) // 2 :]] if text else []:
+            yield chunk({"content": piece})
+        for i, call in enumerate(reply.get("tool_calls") or []):
+            args = json.dumps(call["arguments"])
+            yield chunk({"tool_calls": [{"index": i, "id": f"call_{i}", "type": "function",
+                                         "function": {"name": call["name"], "arguments": args[:5]}}]})  # fmt: skip
+            yield chunk({"tool_calls": [{"index": i, "function": {"arguments": args[5:]}}]})
+        yield chunk({}, "tool_calls" if reply.get("tool_calls") else "stop")
+        usage = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+        last = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": self.name, "choices": [],
+                "usage": usage}  # fmt: skip
+        yield f"data: {json.dumps(last)}\n\n"
         yield "data: [DONE]\n\n"
 
     def close(self) -> None:

@@ -52,16 +52,6 @@ class ToolSpec:
     read_only: bool = False
     timeout_s: float | None = None
 
-    def openai_schema(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description[:1000],
-                "parameters": self.input_schema or {"type": "object"},
-            },
-        }
-
 
 @dataclass(frozen=True)
 class ToolResult:
@@ -88,13 +78,19 @@ class _Server:
     in_process: bool
     rules: ToolRules | None = None
     client: Client | None = None
+    tools: list[Tool] = field(default_factory=list)
     problem: str = ""
+    broken: anyio.Event | None = None  # set by a call that found the connection broken
+
+
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 2.0, 60.0
 
 
 @dataclass
 class Toolbox:
     """Run `serve()` in a task for the process's life (it holds the connections); `ready()` waits until every
-    server connected or failed; `close()` ends `serve()`."""
+    server connected or failed once; `close()` ends `serve()`. A server that fails or loses its connection is
+    tried again with backoff; its tools are left out meanwhile."""
 
     in_process: Mapping[str, MCPServer]
     external: Mapping[str, ServerEntry]
@@ -125,19 +121,33 @@ class Toolbox:
                 ready.set()
 
         async def one(server: _Server) -> None:
-            try:
-                async with server.connect() as client:
-                    listed = await _list_tools(client)
-                    server.client = client
-                    self._add_specs(server, listed)
+            delay, reported = RECONNECT_FIRST_S, False
+            while not closing.is_set():
+                broken = server.broken = anyio.Event()
+                try:
+                    async with server.connect() as client:
+                        server.tools = await _list_tools(client)
+                        server.client, server.problem = client, ""
+                        self._name_tools()
+                        if reported:
+                            log.info("MCP server %s is back, with its tools", server.name)
+                        settled(server.name)
+                        delay, reported = RECONNECT_FIRST_S, False
+                        await _first(closing, broken)
+                except Exception as exc:  # noqa: BLE001 - one server's failure must not stop the others
+                    server.problem = f"{type(exc).__name__}: {exc}"[:300]
+                    if not reported:  # once, clearly; the retries are quiet
+                        log.warning(
+                            "MCP server %s is unavailable, its tools are left out: %s", server.name, server.problem
+                        )
+                        reported = True
+                finally:
+                    server.client, server.tools = None, []
+                    self._name_tools()
                     settled(server.name)
+                with anyio.move_on_after(delay):
                     await closing.wait()
-            except Exception as exc:  # noqa: BLE001 - one server's failure must not stop the others
-                server.problem = f"{type(exc).__name__}: {exc}"[:300]
-                log.warning("MCP server %s is unavailable, its tools are left out: %s", server.name, server.problem)
-            finally:
-                server.client = None
-                settled(server.name)
+                delay = min(RECONNECT_MAX_S, delay * 2)
 
         if not waiting:
             ready.set()
@@ -177,9 +187,11 @@ class Toolbox:
         progress: Progress | None = None,
         timeout_s: float | None = None,
     ) -> ToolResult:
-        """Call a tool for `tenant`. Failures of the tool or its server are results (ok=False), not exceptions:
-        a plan step that fails goes back to the planner."""
-        spec = self.get(name)
+        """Call a tool for `tenant`. Every failure of the tool or its server is a result (ok=False), not an
+        exception: a plan step that fails goes back to the planner."""
+        spec = self._specs.get(name)
+        if spec is None:
+            return ToolResult(False, "", None, f"no tool {name!r} (its server may be disconnected)")
         server = self._servers[spec.server]
         if server.client is None:
             return ToolResult(False, "", None, f"MCP server {spec.server} is not connected: {server.problem}")
@@ -196,53 +208,59 @@ class Toolbox:
             return ToolResult(False, "", None, f"{name} did not answer within {timeout:.0f} s")
         except MCPError as exc:
             return ToolResult(False, "", None, f"{name}: {exc}")
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
-            server.client, server.problem = None, f"connection lost: {type(exc).__name__}"
-            log.warning("MCP server %s: connection lost", spec.server)
-            return ToolResult(False, "", None, f"MCP server {spec.server} is not connected: {server.problem}")
+        except Exception as exc:  # noqa: BLE001 - the connection or the answer is broken: reconnect, fail the step
+            server.problem = f"{type(exc).__name__}: {exc}"[:300]
+            if server.broken is not None:
+                server.broken.set()
+            log.warning("MCP server %s: %s; reconnecting", spec.server, server.problem)
+            return ToolResult(False, "", None, f"MCP server {spec.server} failed: {type(exc).__name__}")
         return ToolResult.from_mcp(result)
 
-    def _add_specs(self, server: _Server, tools: list[Tool]) -> None:
-        taken = {s.remote_name for s in self._specs.values()}
-        for tool in tools:
-            name = tool.name if tool.name not in taken else f"{server.name}__{tool.name}"
-            if name in self._specs:  # a second server with the same tool name: both become qualified
-                first = self._specs.pop(name)
-                qualified = f"{first.server}__{first.remote_name}"
-                self._specs[qualified] = _renamed(first, qualified)
-                name = f"{server.name}__{tool.name}"
-            entry = server.rules
-            annotations = tool.annotations
-            task_support = tool.execution.task_support if tool.execution else None
-            self._specs[name] = ToolSpec(
-                name=name,
-                server=server.name,
-                remote_name=tool.name,
-                description=tool.description or tool.title or tool.name,
-                input_schema=dict(tool.input_schema or {}),
-                in_process=server.in_process,
-                long_running=bool(entry and entry.is_long_running(tool.name))
-                or task_support == "required"
-                or bool((tool.meta or {}).get(LONG_RUNNING_META)),
-                requires_approval=bool(entry and entry.needs_approval(tool.name)),
-                read_only=bool(annotations and annotations.read_only_hint),
-                timeout_s=entry.timeout_s if entry else None,
-            )
+    def _name_tools(self) -> None:
+        """Names that do not depend on which server connected first: our own servers' tools keep their names; a
+        third-party tool whose name another server also uses is `server__tool`."""
+        owners: dict[str, list[str]] = {}
+        for server in self._servers.values():
+            for tool in server.tools:
+                owners.setdefault(tool.name, []).append(server.name)
+        specs: dict[str, ToolSpec] = {}
+        for server in sorted(self._servers.values(), key=lambda s: (not s.in_process, s.name)):
+            for tool in server.tools:
+                shared = len(owners[tool.name]) > 1
+                name = tool.name if server.in_process or not shared else f"{server.name}__{tool.name}"
+                specs[name] = _spec(name, server, tool)
+        self._specs = specs
 
 
-def _renamed(spec: ToolSpec, name: str) -> ToolSpec:
+def _spec(name: str, server: _Server, tool: Tool) -> ToolSpec:
+    rules, annotations = server.rules, tool.annotations
+    task_support = tool.execution.task_support if tool.execution else None
     return ToolSpec(
-        name,
-        spec.server,
-        spec.remote_name,
-        spec.description,
-        spec.input_schema,
-        spec.in_process,
-        spec.long_running,
-        spec.requires_approval,
-        spec.read_only,
-        spec.timeout_s,
+        name=name,
+        server=server.name,
+        remote_name=tool.name,
+        description=tool.description or tool.title or tool.name,
+        input_schema=dict(tool.input_schema or {}),
+        in_process=server.in_process,
+        long_running=bool(rules and rules.is_long_running(tool.name))
+        or task_support == "required"
+        or bool((tool.meta or {}).get(LONG_RUNNING_META)),
+        requires_approval=bool(rules and rules.needs_approval(tool.name)),
+        read_only=bool(annotations and annotations.read_only_hint),
+        timeout_s=rules.timeout_s if rules else None,
     )
+
+
+async def _first(*events: anyio.Event) -> None:
+    """Wait until any of `events` is set."""
+    async with anyio.create_task_group() as group:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            group.cancel_scope.cancel()
+
+        for event in events:
+            group.start_soon(wait, event)
 
 
 async def _list_tools(client: Client) -> list[Tool]:

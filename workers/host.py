@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from core.errors import OrchestrionError
 from core.settings import Settings
 from graphs.runner import Runner
+from graphs.runs import RunStore
 from operations.services import Services
 from tools.long_calls import LongCalls
 from tools.toolbox import Toolbox
@@ -24,6 +25,7 @@ class Host:
     services: Services
     queue: QueueClient
     toolbox: Toolbox
+    store: RunStore
     runner: Runner | None = None
     long_calls: LongCalls | None = None
     runs_error: str = ""

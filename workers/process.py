@@ -9,6 +9,7 @@ checkpointer), so every task submits its coroutine to that one loop instead of m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Coroutine
@@ -27,6 +28,7 @@ _opener: HostOpener | None = None
 _loop: asyncio.AbstractEventLoop | None = None
 _host: Host | None = None
 _closing: asyncio.Event | None = None
+_holder: Future[None] | None = None
 
 
 def use_opener(opener: HostOpener) -> None:
@@ -49,7 +51,7 @@ def run_async(coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -
 
 
 def host() -> Host:
-    global _loop, _host
+    global _loop, _host, _holder
     with _lock:
         if _host is not None:
             return _host
@@ -57,8 +59,12 @@ def host() -> Host:
             raise RuntimeError("worker process has no composition root: start it with `orchestrion worker`")
         _loop = _loop or _start_loop()
         opened: Future[Host] = Future()
-        asyncio.run_coroutine_threadsafe(_hold(_opener, opened), _loop)
-        _host = opened.result(timeout=300)
+        _holder = asyncio.run_coroutine_threadsafe(_hold(_opener, opened), _loop)
+        try:
+            _host = opened.result(timeout=300)
+        except BaseException:
+            _holder.cancel()  # a Host still opening must not stay open beside the next attempt's
+            raise
         return _host
 
 
@@ -80,6 +86,9 @@ def close_host(**_: object) -> None:
     """At pool-process shutdown: close the Host (MCP servers' subprocesses, pools) before the process exits."""
     if _loop is not None and _closing is not None:
         _loop.call_soon_threadsafe(_closing.set)
+        if _holder is not None:
+            with contextlib.suppress(Exception):
+                _holder.result(timeout=15)
 
 
 def rag_services() -> RagServices:

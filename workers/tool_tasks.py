@@ -19,13 +19,13 @@ def call_tool(call_id: str) -> str:
     from workers.process import host, run_async
 
     current = host()
-    if current.long_calls is None or current.runner is None:
-        raise RuntimeError(f"this worker cannot run tool calls: {current.runs_error}")
-    runner, toolbox, calls = current.runner, current.toolbox, current.long_calls
+    if current.long_calls is None:
+        raise RuntimeError("this worker has no long-call records")
+    store, toolbox, calls = current.store, current.toolbox, current.long_calls
 
     async def run_tool(record: CallRecord) -> ToolResult:
         # The tenant comes from the stored run record, never from the task's message.
-        run = await runner.store.run(record.run_id)
+        run = await store.run(record.run_id)
         await toolbox.ready()
         return await toolbox.call(
             run.tenant, record.tool, record.arguments, timeout_s=current.settings.agents.long_tool_timeout_s

@@ -233,7 +233,7 @@ def test_another_tenant_cannot_read_resume_approve_or_list_a_thread(valkey: str,
 
 
 def test_a_call_whose_process_stopped_mid_call_is_not_made_again(valkey: str, tmp_path: Path) -> None:
-    import json as _json
+    import time
 
     from routing.redis_loop import LoopRedis
     from tools.long_calls import CallRecord, LongCalls
@@ -248,16 +248,16 @@ def test_a_call_whose_process_stopped_mid_call_is_not_made_again(valkey: str, tm
             h.tools.hits = [hit("d", 0, 0.5, "passage")]
             run_ = await h.runner.start(TENANT, "Add one and two")
             # What a process that died inside the call leaves behind: the call recorded as running.
-            stale = CallRecord(f"{run_.run_id}:p1.s1", run_.run_id, "add", {"a": 1, "b": 2}, state="running",
-                               kind="once")  # fmt: skip
-            await calls._redis.client().set(f"{prefix}:longcall:{stale.call_id}", _json.dumps(stale.__dict__))
+            stale = CallRecord(f"{run_.run_id}:p1.s1", run_.run_id, "add", {"a": 1, "b": 2}, "once", "running",
+                               time.time(), time.time() + 60)  # fmt: skip
+            assert await calls._create(stale)
             done = await h.runner.execute(run_.run_id)
             state = await h.runner.thread_state(TENANT, done.thread_id)
             assert h.tools.count("add") == 0  # not called a second time
             assert "stopped mid-call" in state["step_results"]["p1.s1"]["error"]
             assert done.status == "success" and len(state["plans"]) == 2  # the planner was told, and replanned
             # a finished call is answered from its record when a resumed run asks again
-            again = await calls.once(stale.call_id, run_.run_id, "add", {}, call=lambda: None)  # type: ignore[arg-type,return-value]
+            again = await calls.once(stale.call_id, run_.run_id, "add", {}, call=lambda: None, timeout_s=60)  # type: ignore[arg-type,return-value]
             assert not again.ok and "stopped mid-call" in again.error
 
     run(main)
