@@ -65,10 +65,10 @@ def build_cases(prompts: Sequence[str], decisions: int, embed_decisions: int) ->
     router = Router(rules, classifier, lambda texts: [vectors[t] for t in texts])
 
     def classify(text: str) -> bool:
-        return classifier.probability([vectors[text]])[0] >= classifier.threshold
+        return classifier.probability([vectors[text]], [text])[0] >= classifier.threshold
 
     def embed_and_classify(text: str) -> bool:
-        return classifier.probability(embedder.embed([text]))[0] >= classifier.threshold
+        return classifier.probability(embedder.embed([text]), [text])[0] >= classifier.threshold
 
     return [
         Case("baseline: no-op call", _noop, decisions),

@@ -17,17 +17,21 @@ app.add_typer(router_app, name="router")
 @_clear_errors
 def train(
     target_recall: Annotated[
-        float, typer.Option(min=0.5, max=1.0, help="Share of complex requests kept on large.")
-    ] = 0.99,
+        float,
+        typer.Option(
+            min=0.5, max=1.0, help="Share of complex requests kept on large, on scores of categories held out."
+        ),
+    ] = 0.95,
 ) -> None:
-    """Train the complexity classifier on routing/data/requests.jsonl and write routing/data/classifier.json."""
+    """Train the complexity classifier on the training files (routing/data/requests*.jsonl; never on
+    independent.jsonl) and write routing/data/classifier.json."""
     from rag.embedding import LocalEmbedder
-    from routing.classifier import ARTEFACT, load_examples
+    from routing.classifier import ARTEFACT, training_examples
     from routing.classifier import train as fit
 
-    examples = load_examples()
+    examples = training_examples()
     embedder = LocalEmbedder()
-    with console.status(f"embedding {len(examples)} examples and fitting"):
+    with console.status(f"embedding {len(examples)} examples, fitting, cross-validating the threshold"):
         model = fit(embedder.embed, embedder.spec.model, examples, target_recall)
     model.save()
     console.print(f"wrote {ARTEFACT} (threshold {model.threshold:.4f})")

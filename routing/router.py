@@ -1,8 +1,10 @@
 """The router: which tier answers a request, and why.
 
 Order: a tenant policy that forces a tier; the caller's hint; the rules; the
-classifier. A tenant's cap then lowers the tier if needed. Every decision names the
-stage that made it, the score and the threshold, so it can be explained and audited.
+classifier (embedding and cues), whose second stage sends a request scored just below
+the threshold to the large tier when a hard cue (a calculation, a proof, a bug, a
+judgement...) is in it. A tenant's cap then lowers the tier if needed. Every decision
+names the stage that made it, the score and the threshold, so it can be explained and audited.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from core.errors import InvalidInputError
 from routing.classifier import Classifier
+from routing.cues import hard_cues
 from routing.rules import RuleSettings, apply_rules
 
 TIERS = ("small", "large")
@@ -32,7 +35,7 @@ class TenantPolicy(BaseModel):
 @dataclass(frozen=True)
 class Decision:
     tier: str
-    stage: str  # policy | hint | rule | classifier
+    stage: str  # policy | hint | rule | classifier (its second stage included: the reason says so)
     reason: str
     score: float | None = None
     threshold: float | None = None
@@ -77,10 +80,15 @@ class Router:
             return Decision(self.tiers[-1] if verdict.tier == "large" else self.tiers[0], "rule", verdict.reason)
         if self.classifier is None:
             return Decision(self.tiers[-1], "rule", "no classifier trained: the largest tier is the safe default")
-        [score] = self.classifier.probability(self._embed([text]))
-        large = score >= self.classifier.threshold
+        return self._classify(text, self.classifier)
+
+    def _classify(self, text: str, classifier: Classifier) -> Decision:
+        [score] = classifier.probability(self._embed([text]), [text])
+        threshold = classifier.threshold
+        large = score >= threshold
+        reason = f"classifier: P(complex)={score:.3f} {'>=' if large else '<'} threshold {threshold:.3f}"
+        if not large and score >= threshold - classifier.band and (cues := hard_cues(text)):
+            large = True  # the uncertain band: a hard cue tips it, since a miss costs more than a large answer
+            reason += f", within {classifier.band:.2f} of it; second stage: hard cues {', '.join(cues)}"
         tier = self.tiers[-1] if large else self.tiers[0]
-        reason = (
-            f"classifier: P(complex)={score:.3f} {'>=' if large else '<'} threshold {self.classifier.threshold:.3f}"
-        )
-        return Decision(tier, "classifier", reason, round(score, 4), round(self.classifier.threshold, 4))
+        return Decision(tier, "classifier", reason, round(score, 4), round(threshold, 4))
