@@ -239,7 +239,6 @@ def _postgres_bin() -> Path:
 def postgres_url(services_dir: Path) -> Iterator[str]:
     """URL of a real PostgreSQL server (the checkpointer of compose), run as the `postgres` user when we are root."""
     import subprocess
-
     import tempfile
 
     # Not under pytest's temp dir: that is private to root, and the server runs as `postgres`.
