@@ -121,9 +121,13 @@ class FairQueue:
         client: redis.Redis | None = None,
         send_options: dict[str, Any] | None = None,
         sending_grace_s: float = SENDING_GRACE_S,
+        job_id_is_task_id: bool = False,
     ) -> None:
+        """`send_options` go with every task sent (ignore_result by default); `job_id_is_task_id` makes each
+        task's Celery id its job id (a tool call's id, so one call never makes a second task)."""
         self.app = app
         self.sending_grace_s = sending_grace_s
+        self._job_id_is_task_id = job_id_is_task_id
         self.queue = queue
         self.task = task
         self.ahead = ahead
@@ -158,7 +162,10 @@ class FairQueue:
             done: list[str] = []
             try:
                 for job_id in ids:
-                    self.app.send_task(self.task, args=[job_id], queue=self.queue, **self._send_options)
+                    task_id = job_id if self._job_id_is_task_id else None
+                    self.app.send_task(
+                        self.task, args=[job_id], queue=self.queue, task_id=task_id, **self._send_options
+                    )
                     done.append(job_id)
             finally:
                 if done:

@@ -120,3 +120,11 @@ def test_a_purged_queue_holds_no_place(app: Celery) -> None:
     fair.dispatch()
     assert app.control.purge() == 2  # an operator empties the queue
     assert fair.dispatch() == 2 and _in_broker(fair) == ["a2", "a3"]
+
+
+def test_a_queue_may_make_each_job_id_its_task_id(app: Celery) -> None:
+    fair = _fair(app, ahead=1, job_id_is_task_id=True)
+    fair.push("a", ["call-1"])
+    fair.dispatch()
+    [message] = fair.redis.lrange(broker_key(app, "ingest"), 0, -1)
+    assert json.loads(message)["headers"]["id"] == "call-1"
