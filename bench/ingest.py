@@ -35,8 +35,10 @@ from orchestrion.knowledge import provision
 from rag.chunking import Chunker, HFTokenCounter, bundled_model_dir
 from rag.documents import ChunkText
 from rag.embedding import LocalEmbedder
-from rag.ingest import Submission
-from rag.ingest import _stem as ingest_stem  # the fallback title IngestService gives a file: same chunk texts
+from rag.ingest import (
+    Submission,
+    title_for_filename,  # the fallback title IngestService gives a file: same chunk texts
+)
 from rag.jobs import FINAL_STATES, JobState, JobStatus
 from rag.parsing import detect_type, parse
 from rag.services import RagServices
@@ -131,7 +133,7 @@ def prepare_corpus(n_docs: int, settings: Settings) -> Corpus:
     chunks = []
     for doc in docs:
         doc_type = detect_type(doc.filename, None, doc.content)
-        chunks.append(chunker.chunk(parse(doc.content, doc_type, fallback_title=ingest_stem(doc.filename))))
+        chunks.append(chunker.chunk(parse(doc.content, doc_type, fallback_title=title_for_filename(doc.filename))))
     return Corpus(docs, chunks, time.perf_counter() - started)
 
 

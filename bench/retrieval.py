@@ -47,8 +47,7 @@ from core.stack import resolve_endpoints
 from rag.chunking import Chunker, HFTokenCounter, bundled_model_dir
 from rag.documents import ChunkText
 from rag.embedding import LocalEmbedder
-from rag.ingest import Submission
-from rag.ingest import _stem as ingest_stem  # the title IngestService derives from a filename: same chunks
+from rag.ingest import Submission, doc_id_for_filename, title_for_filename  # as IngestService derives them: same chunks
 from rag.jobs import FINAL_STATES, JobState
 from rag.parsing import detect_type, parse
 from rag.services import RagServices, connect_weaviate
@@ -157,7 +156,7 @@ def build_pool(size: int, seed: int, embedder: LocalEmbedder) -> list[PoolDoc]:
     pool = []
     for doc in docs:
         parsed = parse(
-            doc.content, detect_type(doc.filename, None, doc.content), fallback_title=ingest_stem(doc.filename)
+            doc.content, detect_type(doc.filename, None, doc.content), fallback_title=title_for_filename(doc.filename)
         )
         pool.append(PoolDoc(doc, chunker.chunk(parsed)))
     texts = [c.embed_text for p in pool for c in p.chunks]
@@ -234,7 +233,7 @@ def wait_job(rag: RagServices, tenant: str, job_id: str, timeout: float = 600.0)
 
 def write_tenant(rag: RagServices, tenant: str, docs: list[PoolDoc]) -> None:
     for p in docs:
-        doc_id = ingest_stem(p.doc.filename, keep_suffix=True)
+        doc_id = doc_id_for_filename(p.doc.filename)
         info = DocumentInfo(
             doc_id,
             p.chunks[0].embed_text.split("\n", 1)[0],

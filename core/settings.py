@@ -206,6 +206,21 @@ class RagSettings(BaseModel):
         description="Most ingest jobs accepted and not yet started, held exactly across processes; a submission "
         "that would exceed it is told to retry later.",
     )
+    ingest_tenant_queue_limit: int = Field(
+        default=500,
+        ge=1,
+        description="Most ingest jobs of one tenant accepted and not yet started, held exactly like "
+        "ingest_queue_limit, so one tenant's bulk ingest cannot fill the global limit and leave every other "
+        "tenant with 429s; at or above ingest_queue_limit it is no limit of its own.",
+    )
+    ingest_dispatch_ahead: int = Field(
+        default=2,
+        ge=0,
+        description="Ingest tasks kept waiting in the Celery queue; the rest wait in per-tenant backlogs and are "
+        "handed to Celery a tenant at a time, in turn, as workers start tasks, so one tenant's bulk ingest does "
+        "not hold up another's note. Each is a task a newcomer may wait behind; too few leave workers idle "
+        "between tasks. 0: no bound, every job goes to Celery at once, first come first served.",
+    )
     job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
     tenant_idle_offload_s: float = Field(
         default=900.0,

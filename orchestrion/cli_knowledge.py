@@ -114,8 +114,11 @@ def ingest(
     from orchestrion.knowledge import files_under, ingest_files, report_jobs
 
     settings = _settings()
+    found = files_under(paths, settings.rag.max_document_bytes)
+    if found.skipped:
+        console.print(found.summary())
     with _rag() as rag:
-        jobs = ingest_files(rag, tenant or settings.tenants.default, files_under(paths), console, tags=tag or [])
+        jobs = ingest_files(rag, tenant or settings.tenants.default, found.files, console, tags=tag or [])
     if report_jobs(jobs, console):
         raise typer.Exit(1)
 

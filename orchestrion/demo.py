@@ -55,7 +55,8 @@ def first_run(
             token = local_token(settings, lambda: rag.registry.issue_token(tenant, "local (orchestrion up)"))
         if samples and not rag.store.list_documents(tenant, 1, 0):
             console.print("first run: ingesting the sample corpus through the ingest queue")
-            report_jobs(ingest_files(rag, tenant, files_under([sample_corpus()]), console), console)
+            found = files_under([sample_corpus()], settings.rag.max_document_bytes)
+            report_jobs(ingest_files(rag, tenant, found.files, console), console)
     finally:
         rag.close()
     response = httpx.post(

@@ -6,21 +6,32 @@ deployment's own credentials, so unlike the API and MCP it may name a tenant.
 
 from __future__ import annotations
 
-import re
+import os
 import time
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
-from core.errors import InvalidInputError, NotFoundError
+from core.errors import BusyError, InvalidInputError, NotFoundError
 from core.settings import Settings
 from core.stack import StackRecord
 from core.tenancy import tenant_registry
+from rag.doc_ids import doc_id_for_path
 from rag.ingest import Submission
 from rag.jobs import FINAL_STATES, JobState, JobStatus
 from rag.search import SearchRequest, search
@@ -51,50 +62,119 @@ def remove_tenant(rag: RagServices, tenant: str) -> None:
         rag.registry.remove_tenant(tenant)
 
 
-def files_under(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+@dataclass
+class Found:
+    """The files to ingest (path, doc id) and what a folder held that is skipped, by kind."""
+
+    files: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        """One line: how many files were skipped and of which kinds; '' when none."""
+        if not self.skipped:
+            return ""
+        kinds = ", ".join(
+            f"{count} {kind}" for kind, count in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        return f"skipped {self.skipped.total()} file(s) in the folder(s): {kinds}"
+
+
+def files_under(paths: Iterable[Path], max_bytes: int) -> Found:
     """Each file to ingest and its doc id: its path under the folder given (`a/README.md` and `b/README.md`
-    are two documents), or its name when the file itself was given."""
-    found: list[tuple[Path, str]] = []
+    are two documents), or its name when the file itself was given, made a valid id where it is not one
+    (rag/doc_ids.py). In a folder, hidden files and folders, unsupported types, empty files and files over
+    `max_bytes` are skipped and counted; a file named itself is ingested or refused with the reason."""
+    found = Found()
     for path in paths:
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
-            found.extend((f, _doc_id(f.relative_to(path).parts)) for f in files)
+            _walk(path, found, max_bytes)
         elif path.is_file():
-            found.append((path, _doc_id((path.name,))))
+            if path.suffix.lower() not in SUPPORTED:
+                raise InvalidInputError(f"{path}: unsupported type {path.suffix or '(no extension)'!r} ({_KINDS})")
+            found.files.append((path, doc_id_for_path((path.name,))))
         else:
             raise InvalidInputError(f"{path} does not exist")
-    if not found:
-        raise InvalidInputError("no documents found (supported: " + ", ".join(sorted(SUPPORTED)) + ")")
+    if not found.files:
+        raise InvalidInputError(f"no documents found ({_KINDS})" + (f"; {found.summary()}" if found.skipped else ""))
     return found
 
 
-def _doc_id(parts: Sequence[str]) -> str:
-    """A doc id of path parts, each in the characters doc ids allow."""
-    return "/".join(re.sub(r"[^A-Za-z0-9._:@-]+", "-", part).strip("-.") or "-" for part in parts)[-200:].lstrip("/")
+_KINDS = "supported: " + ", ".join(sorted(SUPPORTED))
+
+
+def _walk(folder: Path, found: Found, max_bytes: int) -> None:
+    for root, dirs, names in os.walk(folder):
+        here = Path(root)
+        for name in sorted(dirs):
+            if name.startswith("."):
+                found.skipped["hidden"] += 1
+                dirs.remove(name)
+            elif (here / name).is_symlink():  # os.walk does not follow it: say so, and loops are impossible
+                found.skipped["links to folders (not followed)"] += 1
+        dirs.sort()
+        for name in sorted(names):
+            file = here / name
+            suffix = file.suffix.lower()
+            if name.startswith("."):
+                found.skipped["hidden"] += 1
+            elif suffix not in SUPPORTED:
+                found.skipped[suffix or "no extension"] += 1
+            elif not file.is_file():
+                found.skipped["not regular files"] += 1
+            elif (size := file.stat().st_size) == 0:
+                found.skipped["empty"] += 1
+            elif size > max_bytes:
+                found.skipped["over ORCHESTRION_RAG__MAX_DOCUMENT_BYTES"] += 1
+            else:
+                found.files.append((file, doc_id_for_path(file.relative_to(folder).parts)))
 
 
 def ingest_files(
     rag: RagServices, tenant: str, files: Sequence[tuple[Path, str]], console: Console, *, tags: Sequence[str] = ()
 ) -> list[JobStatus]:
-    """Submit every file (all validated first), then follow the jobs with a progress bar until they end."""
-    submissions = [
-        Submission(content=f.read_bytes(), filename=f.name, doc_id=doc_id, source=str(f), tags=tuple(tags))
-        for f, doc_id in files
-    ]
-    jobs = rag.ingest.submit(tenant, submissions)
+    """Submit every file, in parts the queue limits take (each part validated whole before it is accepted;
+    a busy queue is waited for as it says), then follow the jobs with a progress bar until they end."""
+    settings = rag.settings.rag
+    part_size = min(settings.ingest_queue_limit, settings.ingest_tenant_queue_limit, SUBMISSION_PART)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())  # fmt: skip
+    jobs: list[JobStatus] = []
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"ingesting {len(jobs)} document(s)", total=len(jobs), detail="queued")
-        while True:
-            jobs = [rag.ingest.status(tenant, j.job_id) for j in jobs]
-            finished = sum(j.state in FINAL_STATES for j in jobs)
-            chunks = sum(j.chunks_done for j in jobs)
-            progress.update(bar, completed=finished, detail=f"{chunks} chunks embedded")
-            if finished == len(jobs):
-                break
+        bar = progress.add_task(f"ingesting {len(files)} document(s)", total=len(files), detail="submitting")
+        for start in range(0, len(files), part_size):
+            part = [
+                Submission(content=f.read_bytes(), filename=f.name, doc_id=doc_id, source=str(f), tags=tuple(tags))
+                for f, doc_id in files[start : start + part_size]
+            ]
+            jobs += _submit_when_there_is_room(rag, tenant, part, lambda detail: progress.update(bar, detail=detail))
+            _show(progress, bar, rag, tenant, jobs)
+        while not _show(progress, bar, rag, tenant, jobs):
             time.sleep(0.3)
-    return jobs
+    return [rag.ingest.status(tenant, j.job_id) for j in jobs]
+
+
+# Documents per submission: the first jobs start while later parts are read and validated.
+SUBMISSION_PART = 100
+
+
+def _submit_when_there_is_room(
+    rag: RagServices, tenant: str, part: Sequence[Submission], say: Callable[[str], None]
+) -> list[JobStatus]:
+    while True:
+        try:
+            return rag.ingest.submit(tenant, part)
+        except BusyError as busy:
+            say(f"the ingest queue is full: submitting again in {busy.retry_after_s}s")
+            time.sleep(busy.retry_after_s)
+
+
+def _show(progress: Progress, bar: TaskID, rag: RagServices, tenant: str, jobs: Sequence[JobStatus]) -> bool:
+    """Update the bar from the jobs' states; True when every job has ended."""
+    current = [rag.ingest.status(tenant, j.job_id) for j in jobs]
+    finished = sum(j.state in FINAL_STATES for j in current)
+    chunks = sum(j.chunks_done for j in current)
+    progress.update(bar, completed=finished, detail=f"{chunks} chunks embedded")
+    return finished == progress.tasks[bar].total
 
 
 def report_jobs(jobs: Sequence[JobStatus], console: Console) -> int:

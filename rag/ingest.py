@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,6 +21,7 @@ from core.errors import (
 )
 from core.settings import RagSettings
 from rag.chunking import Chunker
+from rag.doc_ids import check_doc_id, doc_id_for_path
 from rag.documents import DocType
 from rag.embedding import Embedder
 from rag.filters import Scalar, check_meta_key
@@ -30,7 +30,6 @@ from rag.parsing import detect_type, parse
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
 
 log = logging.getLogger(__name__)
-DOC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$")
 MAX_TAGS = 32
 
 
@@ -61,7 +60,7 @@ class IngestService:
         store: ChunkStore,
         embedder: Embedder,
         chunker: Chunker,
-        enqueue: Callable[[str], None],
+        enqueue: Callable[[str, Sequence[str]], None],
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -101,11 +100,12 @@ class IngestService:
             replaced: list[bool] = []
         else:
             replaced = self._replaced_since(tenant, keys, accepted)
-        admission = self.jobs.admit(tenant, docs, self.settings.ingest_queue_limit, replaced)
+        limits = self.settings.ingest_queue_limit, self.settings.ingest_tenant_queue_limit
+        admission = self.jobs.admit(tenant, docs, limits[0], replaced, tenant_limit=limits[1])
         self._take_over(admission.taken_over)
         if admission.refused:
             raise self._refusal(admission)
-        self._enqueue_new(admission, keys)
+        self._enqueue_new(tenant, admission, keys)
         return [status for status, _ in admission.jobs]
 
     def status(self, tenant: str, job_id: str) -> JobStatus:
@@ -149,15 +149,13 @@ class IngestService:
             raise InvalidInputError(f"{name} is empty")
         doc_type = detect_type(sub.filename, sub.media_type, sub.content)
         try:
-            parsed = parse(sub.content, doc_type, fallback_title=sub.title or _stem(sub.filename) or "untitled")
+            parsed = parse(sub.content, doc_type, fallback_title=sub.title or title_for_filename(sub.filename))
         except InvalidInputError as exc:
             raise InvalidInputError(f"{name}: {exc}") from None
-        doc_id = sub.doc_id or _stem(sub.filename, keep_suffix=True) or "doc-" + _sha(sub.content)[:16]
-        if not DOC_ID.match(doc_id):
-            raise InvalidInputError(
-                f"invalid doc_id {doc_id!r}: 1-200 characters of letters, digits and . _ : / @ -, starting with a "
-                "letter or digit"
-            )
+        if sub.doc_id:
+            doc_id = check_doc_id(sub.doc_id)
+        else:
+            doc_id = doc_id_for_filename(sub.filename) or "doc-" + _sha(sub.content)[:16]
         tags = sorted(set(sub.tags))
         if len(tags) > MAX_TAGS or any(not t or len(t) > 64 for t in tags):
             raise InvalidInputError(f"{name}: at most {MAX_TAGS} tags of 1-64 characters each")
@@ -180,38 +178,39 @@ class IngestService:
         return _Accepted(meta, sub.content, content_hash)
 
     def _refusal(self, admission: Admission) -> OrchestrionError:
-        limit = self.settings.ingest_queue_limit
+        if admission.by_tenant_limit:
+            limit, which, setting = self.settings.ingest_tenant_queue_limit, "tenant's ", "INGEST_TENANT_QUEUE_LIMIT"
+        else:
+            limit, which, setting = self.settings.ingest_queue_limit, "", "INGEST_QUEUE_LIMIT"
         if admission.new > limit:
             return InvalidInputError(
-                f"{admission.new} new documents in one submission, over the ingest queue limit of {limit} "
-                "(ORCHESTRION_RAG__INGEST_QUEUE_LIMIT): submit them in parts"
+                f"{admission.new} new documents in one submission, over the {which}ingest queue limit of {limit} "
+                f"(ORCHESTRION_RAG__{setting}): submit them in parts"
             )
+        whose = "of this tenant's " if admission.by_tenant_limit else ""
         return BusyError(
-            f"busy: {admission.waiting} ingest jobs wait to start (limit {limit}) and {admission.ahead} refused "
-            f"documents are ahead of yours; nothing was accepted, retry after {admission.retry_after_s}s",
+            f"busy: {admission.waiting} {whose}ingest jobs wait to start ({which}limit {limit}) and {admission.ahead} "
+            f"refused documents are ahead of yours; nothing was accepted, retry after {admission.retry_after_s}s",
             retry_after_s=admission.retry_after_s,
         )
 
-    def _enqueue_new(self, admission: Admission, keys: Sequence[str]) -> None:
-        """Queue the jobs this submission made. When one cannot be queued, it and the new ones after it are
-        withdrawn: the caller retries, and the retry finds the ones before."""
+    def _enqueue_new(self, tenant: str, admission: Admission, keys: Sequence[str]) -> None:
+        """Queue the jobs this submission made, all or none: when they cannot be queued, they are withdrawn and
+        the caller retries."""
         pairs = enumerate(zip(admission.jobs, keys, strict=True))
         new = [(position, status, key) for position, ((status, created), key) in pairs if created]
-        queued: list[str] = []
+        if not new:
+            return
         try:
-            for _, status, _ in new:
-                self._enqueue(status.job_id)
-                queued.append(status.job_id)
+            self._enqueue(tenant, [status.job_id for _, status, _ in new])
         except Exception as exc:
-            withdrawn = new[len(queued) :]
-            for _, status, key in withdrawn:
+            for _, status, key in new:
                 self.jobs.withdraw(status, key)
-            positions = ", ".join(str(position) for position, _, _ in withdrawn)
+            positions = ", ".join(str(position) for position, _, _ in new)
             raise OrchestrionError(
                 f"could not queue document(s) {positions} ({type(exc).__name__}): not accepted, retry later"
             ) from exc
-        finally:
-            self.jobs.enqueued(queued)
+        self.jobs.enqueued([status.job_id for _, status, _ in new])
 
     def _take_over(self, job_ids: Sequence[str]) -> None:
         """Settle jobs whose producer died (or hung) between admitting and enqueuing them."""
@@ -222,10 +221,10 @@ class IngestService:
                 self.jobs.free(job_id)
                 continue
             if status.state != JobState.QUEUED:  # withdrawn half-way, or started after all
-                self.jobs.free(job_id)
+                self.jobs.free(job_id, status.tenant)
                 continue
             try:
-                self._enqueue(job_id)
+                self._enqueue(status.tenant, [job_id])
             except Exception:
                 log.warning("could not queue job %s taken over from another producer", job_id, exc_info=True)
                 continue  # another submission takes it over after the grace
@@ -236,11 +235,12 @@ class IngestService:
 
     def run(self, job_id: str) -> JobStatus:
         """Run one job. Safe to run again (a redelivered task): writes are idempotent by chunk id."""
-        # The queue limit bounds jobs accepted and not yet started, so the slot goes back now.
-        self.jobs.started(job_id)
         status = self.jobs.load(job_id)
+        # The queue limits bound jobs accepted and not yet started, so the slots go back now.
+        self.jobs.started(status.tenant, job_id)
         if status.state == JobState.DONE:
             return status
+        status.started_at = time.time()  # recorded with the first stage
         started = time.perf_counter()
         try:
             status = self._run(status)
@@ -310,9 +310,16 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _stem(filename: str | None, keep_suffix: bool = False) -> str:
-    if not filename:
-        return ""
-    path = PurePosixPath(filename.replace("\\", "/"))
-    name = path.name if keep_suffix else path.stem
-    return re.sub(r"[^A-Za-z0-9._:@-]+", "-", name).strip("-.")
+def _name(filename: str | None) -> PurePosixPath:
+    return PurePosixPath((filename or "").replace("\\", "/"))
+
+
+def title_for_filename(filename: str | None) -> str:
+    """The title of a document that names none: its file name without the extension, as written."""
+    return _name(filename).stem.strip() or "untitled"
+
+
+def doc_id_for_filename(filename: str | None) -> str:
+    """The doc id of a document given without one: made from its file name (rag/doc_ids.py); '' for none."""
+    name = _name(filename).name
+    return doc_id_for_path((name,)) if name else ""

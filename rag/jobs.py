@@ -6,14 +6,17 @@ scoped to the caller's tenant: another tenant's job id is simply not found.
 
 Admission bounds the jobs accepted and not yet started, exactly and across processes:
 one script claims a submission's keys and admits its new jobs, all or none, against
-the limit. A job leaves the admitted set when a worker starts it. Between admission
-and the producer's confirmed enqueue it is also in the enqueuing set, so the job of a
-producer that died in between is found and enqueued by the next submission.
+the global limit and the tenant's own (rag/_admission_lua.py). A job leaves the admitted
+sets when a worker starts it. Between admission and the producer's confirmed enqueue (into
+the tenant's backlog of the fair queue, workers/fair_queue.py) it is also in the enqueuing
+set, so the job of a producer that died in between is found and enqueued by the next
+submission.
 
 A refused submission is told when to come back from its place in a line of refused ones
 and the pace at which workers start jobs, measured as they start them: about when its
 turn comes, so a crowd of refused clients comes back spread out at the pace slots free up
-rather than all together.
+rather than all together. A tenant at its own limit waits in its own line, at the pace its
+own jobs start.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import redis
 import redis.lock
 
 from core.errors import NotFoundError, OrchestrionError
+from rag._admission_lua import ADMIT, JOB_TIME, STARTED
 
 log = logging.getLogger(__name__)
 # How long a producer may take from admission to a confirmed enqueue before another
@@ -58,141 +62,10 @@ DOCUMENT_LOCK_WAIT_S = 900.0
 # Weight of the newest gap between job starts in the moving average of the pace (after a plain mean of the
 # first few): a few seconds of starts at the bench's pace.
 _DRAIN_SMOOTHING = 0.2
-
-# A refused submission takes a place in a line of documents (a ZSET of '{identity}#{i}' per new document,
-# scored by arrival), so the documents ahead of it are one ZRANK. Its identity is the idempotency key of its
-# first new document, which the client's retries keep, also a retry of part of it. Once a line has formed, a
-# newcomer is admitted only when there is room for the whole line as well: the waits told to those in line
-# count on the slots that free up meanwhile. Those in line are admitted whenever they come back to room;
-# one back early may pass others, who keep their place and are told again.
-#
-# KEYS: admitted, enqueuing, line, due, line seq, drain, mean job s, then per document: idempotency key,
-# job key, payload key.
-# ARGV: limit, job ttl s, enqueue grace s, job key prefix, line grace s, horizon min s, horizon max s, max
-# wait s, jitter in [0, 1), replaced (a '1' or '0' per document: '1' when its finished job no longer holds its
-# key, the stored document being another version or gone), then per document: job id, job record, payload.
-# Returns {admitted (1/0), waiting before, new documents, jobs taken over, per document the existing job's
-# record or '' for a new one (empty when refused), retry after s (refused), documents ahead in the line}.
-_ADMIT = """
-local admitted, enqueuing, line, due, line_seq, drain, mean_job = unpack(KEYS, 1, 7)
-local limit, ttl, grace, job_prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local line_grace, horizon_min, horizon_max = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local max_wait, jitter, replaced = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
-local K, A = 7, 10
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
--- A job admitted longer ago than its record lives expired unstarted: its task was lost (a purged queue).
-redis.call('ZREMRANGEBYSCORE', admitted, '-inf', now - ttl)
--- At most 10, a bound on what one caller pays for others' crashes; a fresh score claims them, so no
--- other caller takes the same ones over meanwhile.
-local stale = redis.call('ZRANGEBYSCORE', enqueuing, '-inf', now - grace, 'LIMIT', 0, 10)
-for _, id in ipairs(stale) do redis.call('ZADD', enqueuing, now, id) end
-
-local function leave(me)
-  redis.call('ZREM', due, me)
-  local i = 1
-  while redis.call('ZREM', line, me .. '#' .. i) == 1 do i = i + 1 end
-end
-for _, me in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now - line_grace, 'LIMIT', 0, 50)) do leave(me) end
-
-local found, new = {}, {}
-for i = 1, (#KEYS - K) / 3 do
-  local holder = redis.call('GET', KEYS[K + 3 * i - 2])
-  local record = holder and redis.call('GET', job_prefix .. holder)
-  local state = record and cjson.decode(record).state
-  -- Neither a failed job nor an expired one holds its key, nor a done one whose document was replaced or
-  -- deleted since: this submission takes it over.
-  if record and state ~= 'failed' and not (state == 'done' and string.sub(replaced, i, i) == '1') then
-    found[i] = record
-  else
-    found[i] = ''
-    new[#new + 1] = i
-  end
-end
-local waiting = redis.call('ZCARD', admitted)
-if #new == 0 then return {1, waiting, 0, stale, found, 0, 0} end
-if #new > limit then return {0, waiting, #new, stale, {}, 0, 0} end  -- can never fit: takes no place
-
-local me = KEYS[K + 3 * new[1] - 2]
-local ahead = redis.call('ZRANK', line, me .. '#1')
-local queued = ahead ~= false
-if not queued then ahead = redis.call('ZCARD', line) end
-if waiting + #new + (queued and 0 or ahead) <= limit then
-  for _, i in ipairs(new) do
-    local id = ARGV[A + 3 * i - 2]
-    redis.call('SET', KEYS[K + 3 * i - 1], ARGV[A + 3 * i - 1], 'EX', ttl)
-    redis.call('SET', KEYS[K + 3 * i], ARGV[A + 3 * i], 'EX', ttl)
-    redis.call('SET', KEYS[K + 3 * i - 2], id, 'EX', ttl)
-    redis.call('ZADD', admitted, now, id)
-    redis.call('ZADD', enqueuing, now, id)
-  end
-  if queued then leave(me) end
-  return {1, waiting, #new, stale, found, 0, 0}
-end
-
-if not queued then
-  local last = redis.call('INCRBY', line_seq, #new)
-  for i = 1, #new do redis.call('ZADD', line, last - #new + i, me .. '#' .. i) end
-end
--- Seconds between job starts while jobs wait (the workers' pace, however many there are), at most a job's
--- run time: one slot is the slowest live workers drain, and a pace measured in an earlier busy spell may be
--- stale. Nothing measured yet: a job's run time, else a second.
-local pace = redis.call('HMGET', drain, 'interval', 'at', 'busy', 'spell')
-local interval = tonumber(pace[1])
-local job_s = tonumber(redis.call('HGET', mean_job, 'mean'))
-if job_s and (not interval or interval > job_s) then interval = job_s end
-interval = math.max(interval or 1.0, 0.001)
--- No job started, since the oldest waiting job came, for twice as long as a job runs: the workers are
--- stalled or gone, and the wait grows with the stall, so the line backs off instead of polling.
-local oldest = redis.call('ZRANGE', admitted, 0, 0, 'WITHSCORES')[2]
-local since = now - math.max(tonumber(pace[2]) or 0, tonumber(oldest) or now)
-if since > 2 * (job_s or interval) then interval = since end
--- Slots that must free up before this submission fits: the documents ahead of it take them first.
-local wait = (ahead + #new - (limit - waiting)) * interval
--- How long jobs have waited without a break, as starts tell: how much the pace has been checked lately.
-local spell = pace[3] == '1' and now - (tonumber(pace[4]) or now) or 0
-local horizon = math.min(limit * interval, horizon_max, math.max(horizon_min, 2 * spell))
-if wait > horizon then wait = horizon * (1 + math.log(wait / horizon)) end
-local retry = math.max(1, math.min(max_wait, math.ceil(wait + jitter * interval)))
-redis.call('ZADD', due, now + retry, me)
-return {0, waiting, #new, stale, {}, retry, ahead}
-"""
-
-# KEYS: admitted, enqueuing, drain. ARGV: job id, smoothing.
-# Returns 1 when the job left the admitted set now (a start), 0 when it was not there (a redelivery).
-_STARTED = """
-local admitted, enqueuing, drain = KEYS[1], KEYS[2], KEYS[3]
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
-redis.call('ZREM', enqueuing, ARGV[1])
-if redis.call('ZREM', admitted, ARGV[1]) == 0 then return 0 end
-local at, busy, interval, samples = unpack(redis.call('HMGET', drain, 'at', 'busy', 'interval', 'samples'))
--- Only after a start that left jobs waiting is the gap to the next start the workers' pace, not a lull.
-if busy == '1' then
-  samples = math.min((tonumber(samples) or 0) + 1, 1000)
-  local gap = now - tonumber(at)
-  local weight = math.max(tonumber(ARGV[2]), 1 / samples)
-  interval = interval and (1 - weight) * tonumber(interval) + weight * gap or gap
-  redis.call('HSET', drain, 'interval', string.format('%.6f', interval), 'samples', samples)
-end
-local left = redis.call('ZCARD', admitted) > 0
-if left and busy ~= '1' then redis.call('HSET', drain, 'spell', string.format('%.6f', now)) end
-redis.call('HSET', drain, 'at', string.format('%.6f', now), 'busy', left and 1 or 0)
-return 1
-"""
-
-# KEYS: job time. ARGV: a job's run time s, smoothing. One script, so concurrent workers' updates all count.
-_JOB_TIME = """
-local mean, samples = unpack(redis.call('HMGET', KEYS[1], 'mean', 'samples'))
-samples = math.min((tonumber(samples) or 0) + 1, 1000)
-local weight = math.max(tonumber(ARGV[2]), 1 / samples)
-local seconds = tonumber(ARGV[1])
-mean = mean and (1 - weight) * tonumber(mean) + weight * seconds or seconds
-redis.call('HSET', KEYS[1], 'mean', string.format('%.6f', mean), 'samples', samples)
-return samples
-"""
 # Weight of the newest run time in the moving average of a job's run time (after a plain mean of the first few).
 _JOB_TIME_SMOOTHING = 0.2
+# A tenant limit at or above this is no limit: the tenant level of admission never refuses.
+NO_LIMIT = 2**52
 
 
 class JobState(StrEnum):
@@ -221,6 +94,7 @@ class JobStatus:
     error: str = ""
     result: dict[str, int] = field(default_factory=dict)
     content_hash: str = ""  # of the document and what it says about itself (rag/ingest.py)
+    started_at: float = 0.0  # when a worker (last) started it; 0 while it waits
 
     @property
     def progress(self) -> float:
@@ -254,6 +128,7 @@ class Admission:
     taken_over: list[str]  # admitted jobs whose producer never confirmed their enqueue: this caller's to enqueue
     retry_after_s: int = 0  # refused: when to come back, about when this submission's turn comes
     ahead: int = 0  # refused: documents of other refused submissions ahead of this one in the line
+    by_tenant_limit: bool = False  # refused (or too large) by the tenant's own limit, not the global one
 
     @property
     def refused(self) -> bool:
@@ -274,16 +149,18 @@ class JobStore:
         self._ttl = ttl_s
         self._grace = enqueue_grace_s
         self._line_grace = line_grace_s
-        self._admit = client.register_script(_ADMIT)
-        self._started = client.register_script(_STARTED)
-        self._job_time = client.register_script(_JOB_TIME)
+        self._admit = client.register_script(ADMIT)
+        self._started = client.register_script(STARTED)
+        self._job_time = client.register_script(JOB_TIME)
         self._admitted = f"{prefix}:ingest:admitted"
         self._enqueuing = f"{prefix}:ingest:enqueuing"
-        self._line = f"{prefix}:ingest:line"
-        self._due = f"{prefix}:ingest:line:due"
-        self._line_seq = f"{prefix}:ingest:line:seq"
         self._drain = f"{prefix}:ingest:drain"
         self._mean_job = f"{prefix}:ingest:job_time"
+
+    def _level(self, tenant: str | None) -> list[str]:
+        """A level of admission's keys (rag/_admission_lua.py): a tenant's own, or the global one."""
+        base = f"{self._prefix}:ingest" + (f":tenant:{tenant}" if tenant is not None else "")
+        return [f"{base}:admitted", f"{base}:line", f"{base}:line:due", f"{base}:line:seq", f"{base}:drain"]
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._prefix}:job:{job_id}"
@@ -300,12 +177,14 @@ class JobStore:
         docs: Sequence[tuple[str, str, JobPayload]],
         limit: int,
         replaced: Sequence[bool] = (),
+        tenant_limit: int = NO_LIMIT,
     ) -> Admission:
         """Each (doc id, idempotency key, payload) gets the job its key holds, or a new one. The new ones are
-        admitted together only if the jobs accepted and not yet started stay within `limit`, and, for a
-        submission not yet in the line of refused ones, only if the whole line fits too; else nothing is
-        written but the submission's place in the line and when it is told to come back. A submission of
-        nothing new is answered however busy. A failed or expired job does not hold its key: retrying works.
+        admitted together only if the jobs accepted and not yet started stay within `limit`, and this
+        tenant's within `tenant_limit`, and, for a submission not yet in the line of refused ones (the
+        tenant's, then the global one), only if the whole line fits too; else nothing is written but the
+        submission's place in the line and when it is told to come back. A submission of nothing new is
+        answered however busy. A failed or expired job does not hold its key: retrying works.
         Nor does a done job of a document marked `replaced` (by position in `docs`): the store holds another
         version of it, or none, so the same content is ingested again."""
         now = time.time()
@@ -316,17 +195,18 @@ class JobStore:
             status = JobStatus(uuid.uuid4().hex, tenant, doc_id, JobState.QUEUED, now, now, content_hash=content_hash)
             firsts.setdefault(key, (status, payload))
             renew.setdefault(key, position < len(replaced) and replaced[position])
-        keys = [self._admitted, self._enqueuing, self._line, self._due, self._line_seq, self._drain, self._mean_job]
-        args: list[bytes | str | float] = [limit, self._ttl, self._grace, self._job_key("")]
+        keys = [self._enqueuing, self._mean_job, *self._level(tenant), *self._level(None)]
+        tenant_limit = tenant_limit if tenant_limit < limit else NO_LIMIT
+        args: list[bytes | str | float] = [2, tenant_limit, limit, self._ttl, self._grace, self._job_key("")]
         args += [self._line_grace, HORIZON_MIN_S, HORIZON_MAX_S, RETRY_AFTER_MAX_S, random.random()]
         args.append("".join("1" if renew[key] else "0" for key in firsts))
         for key, (status, payload) in firsts.items():
             keys += [self._idem_key(tenant, key), self._job_key(status.job_id), self._payload_key(status.job_id)]
             args += [status.job_id, _encode(status), json.dumps(payload.meta).encode() + b"\n" + payload.content]
-        ok, waiting, new, stale, found, retry_after, ahead = self._admit(keys=keys, args=args)
+        ok, waiting, new, stale, found, retry_after, ahead, level = self._admit(keys=keys, args=args)
         taken_over = [_bytes(job_id).decode() for job_id in stale]
         if not ok:
-            return Admission([], int(waiting), int(new), taken_over, int(retry_after), int(ahead))
+            return Admission([], int(waiting), int(new), taken_over, int(retry_after), int(ahead), int(level) == 1)
         answers = {
             key: (_decode(_bytes(record)), False) if record else (status, True)
             for (key, (status, _)), record in zip(firsts.items(), found, strict=True)
@@ -366,9 +246,10 @@ class JobStore:
                 log.warning("the write of document %r of %s outlasted its lock", doc_id, tenant)
 
     def forget_tenant(self, tenant: str) -> int:
-        """Drop a removed tenant's idempotency keys: a tenant added again under its name starts afresh.
-        (Tenant names hold no glob characters.) Its job records expire with their TTL."""
+        """Drop a removed tenant's idempotency keys and its level of admission: a tenant added again under its
+        name starts afresh. (Tenant names hold no glob characters.) Its job records expire with their TTL."""
         keys = list(self._redis.scan_iter(match=self._idem_key(tenant, "*"), count=1000))
+        keys += [key for key in self._level(tenant) if self._redis.exists(key)]
         for start in range(0, len(keys), 500):
             self._redis.delete(*keys[start : start + 500])
         return len(keys)
@@ -378,21 +259,27 @@ class JobStore:
         if job_ids:
             self._redis.zrem(self._enqueuing, *job_ids)
 
-    def started(self, job_id: str) -> bool:
-        """A worker starts the job: its slot goes back, and the pace of starts while jobs wait is measured,
-        for telling refused callers when their turn comes. False when the job had left already (a rerun)."""
-        return bool(self._started(keys=[self._admitted, self._enqueuing, self._drain], args=[job_id, _DRAIN_SMOOTHING]))
+    def started(self, tenant: str, job_id: str) -> bool:
+        """A worker starts the job: its slots (the tenant's and the global one) go back, and the pace of starts
+        while jobs wait is measured at each level, for telling refused callers when their turn comes. False
+        when the job had left already (a rerun)."""
+        tenant_level, global_level = self._level(tenant), self._level(None)
+        keys = [self._enqueuing, tenant_level[0], tenant_level[4], global_level[0], global_level[4]]
+        return bool(self._started(keys=keys, args=[job_id, _DRAIN_SMOOTHING]))
 
-    def free(self, job_id: str) -> None:
-        """The job no longer waits to start (withdrawn, or gone): its slot goes back."""
+    def free(self, job_id: str, tenant: str | None = None) -> None:
+        """The job no longer waits to start (withdrawn, or gone): its slots go back. Without its tenant (its
+        record expired), the tenant's slot goes back as the record's lifetime ends, as admission prunes."""
         with self._redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self._admitted, job_id)
+            if tenant is not None:
+                pipe.zrem(self._level(tenant)[0], job_id)
             pipe.zrem(self._enqueuing, job_id)
             pipe.execute()
 
-    def waiting(self) -> int:
-        """Jobs accepted and not yet started, the number `admit` holds to its limit."""
-        return int(self._redis.zcard(self._admitted))
+    def waiting(self, tenant: str | None = None) -> int:
+        """Jobs accepted and not yet started (of `tenant`, or of all), the numbers `admit` holds to limits."""
+        return int(self._redis.zcard(self._level(tenant)[0]))
 
     def withdraw(self, status: JobStatus, idempotency_key: str) -> JobStatus:
         """Undo the admission of a job that could not be enqueued: a retry makes a new job.
@@ -403,7 +290,7 @@ class JobStore:
         if self._redis.get(idem) == status.job_id.encode():
             self._redis.delete(idem)
         self.update(status, state=JobState.FAILED, error="could not be queued")
-        self.free(status.job_id)
+        self.free(status.job_id, status.tenant)
         return status
 
     def get(self, tenant: str, job_id: str) -> JobStatus:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -57,9 +57,11 @@ def connect_weaviate(settings: Settings, endpoints: Endpoints) -> WeaviateClient
     )
 
 
-def open_rag(settings: Settings, *, enqueue: Callable[[str], None], serving: bool = False) -> RagServices:
-    """Connect to Redis and Weaviate and wire the services; `enqueue` comes from the queue adapter, so
-    this layer never imports Celery. `serving`: see build_embedder."""
+def open_rag(
+    settings: Settings, *, enqueue: Callable[[str, Sequence[str]], None], serving: bool = False
+) -> RagServices:
+    """Connect to Redis and Weaviate and wire the services; `enqueue` (tenant, job ids) comes from the queue
+    adapter, so this layer never imports Celery. `serving`: see build_embedder."""
     endpoints = resolve_endpoints(settings)
     client = redis.Redis.from_url(endpoints.redis_url)
     prefix = settings.redis.key_prefix

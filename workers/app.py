@@ -6,6 +6,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 from core.settings import Settings
+from workers.fair_queue import backlog_size
 
 TASK_ROUTES = {
     "orchestrion.ingest.*": {"queue": "ingest"},
@@ -63,12 +64,13 @@ def create_celery_app(settings: Settings, redis_url: str) -> Celery:
 
 
 def queue_depth(app: Celery, queue: str) -> int:
-    """Tasks waiting in `queue` (not counting those a worker holds unacknowledged)."""
+    """Tasks waiting in `queue`, in Celery and in the fair queue's backlogs (workers/fair_queue.py), not
+    counting those a worker holds unacknowledged."""
     # A pooled connection: this runs on every ingest submission and every /metrics scrape,
     # and a fresh connection costs a connect, a channel and a PING each time.
     with app.pool.acquire(block=True) as conn:
         client = conn.default_channel.client  # prefixes keys with global_keyprefix itself
-        return int(client.llen(queue))
+        return int(client.llen(queue)) + backlog_size(client, queue)
 
 
 def worker_answers(app: Celery, hostname: str, timeout: float = 1.0) -> bool:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from core.settings import Settings
 from core.stack import resolve_endpoints
 from rag.services import RagServices, open_rag
 from workers.app import INGEST_TASK, TOOL_TASK, create_celery_app, queue_depth
+from workers.fair_dispatch import fair_tasks
+from workers.fair_queue import FairQueue
 from workers.instrumentation import instrument_producer
 
 
@@ -13,13 +17,14 @@ class QueueClient:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.app = create_celery_app(settings, redis_url)
         instrument_producer()
+        queue, ahead = fair_tasks(settings)[INGEST_TASK]
+        self.ingest = FairQueue(self.app, queue, INGEST_TASK, ahead)
 
-    def enqueue_ingest(self, job_id: str) -> None:
-        # The job store carries the job's state, so nobody reads the task's result. Without this, each publish
-        # also subscribes this process to the result's channel (never read, never unsubscribed), and while Redis
-        # is down it retries that subscription for about 19 s before failing with a RuntimeError that says to
-        # restart the application; the worker would also keep every result in Redis for a week.
-        self.app.send_task(INGEST_TASK, args=[job_id], ignore_result=True)
+    def enqueue_ingest(self, tenant: str, job_ids: Sequence[str]) -> None:
+        """Into the tenant's backlog, all or none (raises when that fails); then as many as fit go to Celery.
+        A failure to send them now loses nothing: they are in the backlog, and the next dispatch sends them."""
+        self.ingest.push(tenant, job_ids)
+        self.ingest.dispatch_quietly()
 
     def send_tool_call(self, call_id: str) -> None:
         # The Celery task id is the call id (run id + step id): the same step never makes a second task.

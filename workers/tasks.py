@@ -14,11 +14,14 @@ from core.errors import NotFoundError
 from observability.propagation import current_trace_id
 from rag.jobs import FINAL_STATES, JobState
 from workers.app import INGEST_TASK
+from workers.fair_dispatch import connect_worker_hooks
 
 log = logging.getLogger(__name__)
 # Worth another try: the service may be back in a moment. Deliberate errors (bad input,
 # unknown tenant) are recorded on the job by the pipeline instead and never retried.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, WeaviateBaseError, httpx.TransportError, ConnectionError)
+# This module is what a worker imports for its tasks: the fair queue's dispatch goes with them.
+connect_worker_hooks()
 
 
 @shared_task(name="orchestrion.ping", bind=True)  # type: ignore[untyped-decorator]

@@ -32,10 +32,14 @@ def run_with_progress(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     last_line = ["starting"]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
+    # Popen as a context manager closes the output pipe: left open, it is reported as an unclosed file
+    # (ResourceWarning) where the caller goes on, in artifacts.py.
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
             list(argv), env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
+        ) as proc,
+    ):
         assert proc.stdout is not None
 
         def pump() -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,36 @@ def test_damaged_bundled_model_is_assembled_again(tmp_path: Path) -> None:
 
     assert repaired == model
     assert artifacts._verified(repaired, bundled.EXPECTED_SHA256)
+
+
+_FIRST_BUILD = """
+import sys
+from pathlib import Path
+from rich.console import Console
+from core.settings import Settings
+from orchestrion.launcher import artifacts
+
+settings = Settings(data_dir=Path(sys.argv[1]), cache_dir=Path(sys.argv[1]) / "cache")
+print(artifacts.weaviate_binary(settings, Console(stderr=True)))
+"""
+
+
+def test_first_build_prints_no_resource_warning(tmp_path: Path) -> None:
+    """What a new user sees on `up`'s first build is our launcher's output, with every warning shown. The
+    Go build itself is not what this is about: a `go` on PATH that writes the binary stands in for it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    go = bin_dir / "go"
+    go.write_text('#!/bin/sh\necho "go: downloading weaviate"\nprintf "#!/bin/sh\\n" > "$GOBIN/weaviate-server"\n')
+    go.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", _FIRST_BUILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("weaviate-server-" + Settings().weaviate.version)
+    assert "Warning" not in done.stderr, done.stderr

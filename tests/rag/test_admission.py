@@ -7,112 +7,25 @@ Each test has a key prefix of its own: its queue is consumed by no worker, or by
 
 from __future__ import annotations
 
-import base64
-import json
 import math
 import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from core.errors import BusyError, InvalidInputError, OrchestrionError
 from rag.ingest import IngestService, Submission
-from rag.jobs import ENQUEUE_GRACE_S, HORIZON_MIN_S, LINE_GRACE_S, JobState, JobStatus, JobStore
-from rag.services import RagServices
+from rag.jobs import HORIZON_MIN_S, JobState, JobStatus
 from tests.conftest import free_port, start_worker
+from tests.rag.conftest import Private, note, text_of
 from tests.rag.helpers import wait_jobs
 from workers.client import QueueClient
-
-
-def _text(reply: object) -> str:
-    """A Redis reply of this client, which never decodes: bytes (redis-py's types allow more)."""
-    assert isinstance(reply, bytes), reply
-    return reply.decode()
-
-
-def _doc(name: str) -> Submission:
-    return Submission(f"# {name}\n\nThe document called {name}.".encode(), f"{name}.md")
-
-
-class Private:
-    """RAG services under a key prefix of their own, with their own queue limit, on the session's Redis and
-    Weaviate (the tenant fixture provisions there)."""
-
-    def __init__(
-        self,
-        rag: RagServices,
-        prefix: str,
-        limit: int,
-        ttl_s: int | None = None,
-        enqueue_grace_s: float = ENQUEUE_GRACE_S,
-        line_grace_s: float = LINE_GRACE_S,
-    ) -> None:
-        self.prefix = prefix
-        self.settings = rag.settings.model_copy(
-            update={"redis": rag.settings.redis.model_copy(update={"key_prefix": prefix}),
-                    "rag": rag.settings.rag.model_copy(update={"ingest_queue_limit": limit})}
-        )  # fmt: skip
-        self.queue = QueueClient(self.settings, rag.settings.redis.url or "")
-        self.redis = rag.redis
-        self.rag = rag
-        self.limit = limit
-        self.jobs = JobStore(rag.redis, prefix, ttl_s or rag.settings.rag.job_ttl_s, enqueue_grace_s, line_grace_s)
-
-    def service(self, enqueue: Callable[[str], None] | None = None) -> IngestService:
-        rag = self.rag
-        return IngestService(self.settings.rag, self.jobs, rag.store, rag.embedder, rag.ingest.chunker,
-                             enqueue or self.queue.enqueue_ingest)  # fmt: skip
-
-    def services(self) -> RagServices:
-        """The same, as RagServices, for the shared helpers."""
-        return replace(self.rag, settings=self.settings, jobs=self.jobs, ingest=self.service())
-
-    def queued_job_ids(self) -> list[str]:
-        """The job id of every ingest task waiting in the broker (Celery's message bodies, as the worker reads them)."""
-        messages = self.redis.lrange(f"{self.prefix}:ingest", 0, -1)
-        return [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in messages]
-
-    def admitted(self) -> set[str]:
-        return self._members("ingest:admitted")
-
-    def unconfirmed(self) -> set[str]:
-        return self._members("ingest:enqueuing")
-
-    def _members(self, key: str) -> set[str]:
-        return {_text(m) for m in self.redis.zrange(f"{self.prefix}:{key}", 0, -1)}
-
-    def keys(self, kind: str) -> int:
-        return len(self.redis.keys(f"{self.prefix}:{kind}:*"))
-
-    def env(self, stack_env: dict[str, str]) -> dict[str, str]:
-        """Environment of processes that work on this prefix."""
-        return {**stack_env, "ORCHESTRION_REDIS__KEY_PREFIX": self.prefix,
-                "ORCHESTRION_RAG__INGEST_QUEUE_LIMIT": str(self.limit)}  # fmt: skip
-
-
-@pytest.fixture
-def private(rag: RagServices, key_prefix: str) -> Iterator[Callable[..., Private]]:
-    made: list[Private] = []
-
-    def make(
-        limit: int,
-        ttl_s: int | None = None,
-        enqueue_grace_s: float = ENQUEUE_GRACE_S,
-        line_grace_s: float = LINE_GRACE_S,
-    ) -> Private:
-        made.append(Private(rag, key_prefix, limit, ttl_s, enqueue_grace_s, line_grace_s))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.queue.app.close()
 
 
 def test_concurrent_submitters_never_exceed_the_limit(private: Callable[..., Private], tenant: str) -> None:
@@ -123,7 +36,7 @@ def test_concurrent_submitters_never_exceed_the_limit(private: Callable[..., Pri
     def submit(i: int) -> JobStatus | BusyError:
         start.wait()
         try:
-            [job] = service.submit(tenant, [_doc(f"burst-{i}")])
+            [job] = service.submit(tenant, [note(f"burst-{i}")])
             return job
         except BusyError as busy:
             return busy
@@ -145,18 +58,18 @@ def test_concurrent_submitters_never_exceed_the_limit(private: Callable[..., Pri
 def test_a_submission_is_admitted_all_or_none(private: Callable[..., Private], tenant: str) -> None:
     p = private(5)
     service = p.service()
-    first = service.submit(tenant, [_doc("a"), _doc("b"), _doc("c")])
+    first = service.submit(tenant, [note("a"), note("b"), note("c")])
 
     with pytest.raises(BusyError) as busy:
-        service.submit(tenant, [_doc("d"), _doc("e"), _doc("f")])
+        service.submit(tenant, [note("d"), note("e"), note("f")])
     assert "3 ingest jobs wait to start (limit 5)" in str(busy.value) and busy.value.retry_after_s >= 1
     assert p.jobs.waiting() == 3 and p.keys(f"idem:{tenant}") == 3 and p.keys("jobdata") == 3
 
-    second = service.submit(tenant, [_doc("d"), _doc("e")])
+    second = service.submit(tenant, [note("d"), note("e")])
     with pytest.raises(BusyError):
-        service.submit(tenant, [_doc("f")])
+        service.submit(tenant, [note("f")])
     with pytest.raises(InvalidInputError, match="6 new documents in one submission, over the ingest queue limit of 5"):
-        service.submit(tenant, [_doc(f"part-{i}") for i in range(6)])
+        service.submit(tenant, [note(f"part-{i}") for i in range(6)])
 
     kept = [j.job_id for j in first + second]
     assert sorted(p.queued_job_ids()) == sorted(kept) == sorted(p.admitted())
@@ -166,15 +79,15 @@ def test_a_submission_is_admitted_all_or_none(private: Callable[..., Private], t
 def test_resubmission_while_full_is_answered_with_the_same_job(private: Callable[..., Private], tenant: str) -> None:
     p = private(3)
     service = p.service()
-    [by_content] = service.submit(tenant, [_doc("a")])
-    [by_key] = service.submit(tenant, [_doc("b")], idempotency_key="upload-7")
-    twice = service.submit(tenant, [_doc("c"), _doc("c")])  # the same document twice: one job, one slot
+    [by_content] = service.submit(tenant, [note("a")])
+    [by_key] = service.submit(tenant, [note("b")], idempotency_key="upload-7")
+    twice = service.submit(tenant, [note("c"), note("c")])  # the same document twice: one job, one slot
     assert twice[0].job_id == twice[1].job_id and p.jobs.waiting() == 3
 
-    [again] = service.submit(tenant, [_doc("a")])
-    [again_by_key] = service.submit(tenant, [_doc("b")], idempotency_key="upload-7")
+    [again] = service.submit(tenant, [note("a")])
+    [again_by_key] = service.submit(tenant, [note("b")], idempotency_key="upload-7")
     with pytest.raises(BusyError):
-        service.submit(tenant, [_doc("a"), _doc("new")])  # one new document is one too many
+        service.submit(tenant, [note("a"), note("new")])  # one new document is one too many
 
     assert again.job_id == by_content.job_id and again_by_key.job_id == by_key.job_id
     assert sorted(p.queued_job_ids()) == sorted({by_content.job_id, by_key.job_id, twice[0].job_id})
@@ -183,7 +96,7 @@ def test_resubmission_while_full_is_answered_with_the_same_job(private: Callable
 
 def _refused(service: IngestService, tenant: str, name: str) -> BusyError:
     with pytest.raises(BusyError) as busy:
-        service.submit(tenant, [_doc(name)])
+        service.submit(tenant, [note(name)])
     return busy.value
 
 
@@ -203,7 +116,7 @@ def _expected_wait(slots: int, interval: float, horizon: float) -> float:
 def test_retry_after_grows_with_the_clients_waiting_ahead(private: Callable[..., Private], tenant: str) -> None:
     p = private(40)
     service = p.service()
-    service.submit(tenant, [_doc(f"full-{i}") for i in range(40)])
+    service.submit(tenant, [note(f"full-{i}") for i in range(40)])
     assert p.jobs.drain_interval() is None  # no job started yet: one start a second is assumed
     start = threading.Barrier(30)
 
@@ -231,15 +144,15 @@ def test_retry_after_grows_with_the_clients_waiting_ahead(private: Callable[...,
 def test_retry_after_follows_the_pace_jobs_start_at(private: Callable[..., Private], tenant: str) -> None:
     p = private(40)
     service = p.service()
-    waiting = service.submit(tenant, [_doc(f"full-{i}") for i in range(40)])
+    waiting = service.submit(tenant, [note(f"full-{i}") for i in range(40)])
     for job in waiting[:11]:
-        p.jobs.started(job.job_id)
+        p.jobs.started(tenant, job.job_id)
         time.sleep(0.5)
-    p.jobs.started(waiting[11].job_id)
+    p.jobs.started(tenant, waiting[11].job_id)
     interval = p.jobs.drain_interval()
     assert interval is not None and 0.5 <= interval < 0.75  # the gaps between starts while jobs waited
 
-    service.submit(tenant, [_doc(f"refill-{i}") for i in range(12)])
+    service.submit(tenant, [note(f"refill-{i}") for i in range(12)])
     told = [_told(_refused(service, tenant, f"late-{i}")) for i in range(20)]
     # Jobs have waited for 5.5 s without a break, with a start every 0.5 s: waits up to twice that are told
     # as they are (the last, 20 starts away: 10 s, where an unchecked pace would tell 5 * (1 + ln 2) = 8.5 s).
@@ -253,16 +166,16 @@ def test_retry_after_follows_the_pace_jobs_start_at(private: Callable[..., Priva
 def test_a_refused_client_that_comes_back_keeps_its_place(private: Callable[..., Private], tenant: str) -> None:
     p = private(3)
     service = p.service()
-    waiting = service.submit(tenant, [_doc(f"full-{i}") for i in range(3)])
+    waiting = service.submit(tenant, [note(f"full-{i}") for i in range(3)])
     for i in range(5):
         assert _told(_refused(service, tenant, f"late-{i}"))[0] == i
 
     assert _told(_refused(service, tenant, "late-3"))[0] == 3  # back too early: still 3 ahead, not sent to the back
     assert _told(_refused(service, tenant, "newcomer"))[0] == 5
 
-    p.jobs.started(waiting[0].job_id)
-    p.jobs.started(waiting[1].job_id)
-    admitted = service.submit(tenant, [_doc("late-0")]) + service.submit(tenant, [_doc("late-1")])
+    p.jobs.started(tenant, waiting[0].job_id)
+    p.jobs.started(tenant, waiting[1].job_id)
+    admitted = service.submit(tenant, [note("late-0")]) + service.submit(tenant, [note("late-1")])
     # The admitted left the line: those behind them moved up.
     assert _told(_refused(service, tenant, "late-3"))[0] == 1
     assert _told(_refused(service, tenant, "newcomer"))[0] == 3
@@ -272,16 +185,16 @@ def test_a_refused_client_that_comes_back_keeps_its_place(private: Callable[...,
 def test_a_newcomer_does_not_take_the_slot_of_a_client_in_line(private: Callable[..., Private], tenant: str) -> None:
     p = private(2)
     service = p.service()
-    waiting = service.submit(tenant, [_doc("one"), _doc("two")])
+    waiting = service.submit(tenant, [note("one"), note("two")])
     _refused(service, tenant, "first")
 
-    p.jobs.started(waiting[0].job_id)  # a slot frees: the one "first" was told to come back for
+    p.jobs.started(tenant, waiting[0].job_id)  # a slot frees: the one "first" was told to come back for
     assert _told(_refused(service, tenant, "second"))[0] == 1
-    [first] = service.submit(tenant, [_doc("first")])
+    [first] = service.submit(tenant, [note("first")])
     assert _told(_refused(service, tenant, "second"))[0] == 0
 
-    p.jobs.started(waiting[1].job_id)
-    [second] = service.submit(tenant, [_doc("second")])
+    p.jobs.started(tenant, waiting[1].job_id)
+    [second] = service.submit(tenant, [note("second")])
     assert p.admitted() == {first.job_id, second.job_id}
     assert sorted(p.queued_job_ids()) == sorted(j.job_id for j in [*waiting, first, second])
 
@@ -289,7 +202,7 @@ def test_a_newcomer_does_not_take_the_slot_of_a_client_in_line(private: Callable
 def test_a_client_that_gave_up_stops_holding_its_place(private: Callable[..., Private], tenant: str) -> None:
     p = private(1, line_grace_s=1.0)
     service = p.service()
-    service.submit(tenant, [_doc("one")])
+    service.submit(tenant, [note("one")])
     gone = _refused(service, tenant, "gives-up")
     refused_at = time.monotonic()
     # Retry-After is whole seconds with jitter, so two refusals in the same instant can be told the same
@@ -306,7 +219,7 @@ def test_a_client_that_gave_up_stops_holding_its_place(private: Callable[..., Pr
 def test_the_wait_told_grows_while_no_job_starts(private: Callable[..., Private], tenant: str) -> None:
     p = private(1)
     service = p.service()
-    service.submit(tenant, [_doc("stuck")])  # no worker: it never starts
+    service.submit(tenant, [note("stuck")])  # no worker: it never starts
     assert _told(_refused(service, tenant, "waits")) in {(0, 1), (0, 2)}
 
     time.sleep(3.0)
@@ -316,37 +229,32 @@ def test_the_wait_told_grows_while_no_job_starts(private: Callable[..., Private]
     assert ahead == 0 and retry >= 4
 
 
-def test_job_that_cannot_be_queued_is_withdrawn_and_frees_its_slot(
+def test_jobs_that_cannot_be_queued_are_withdrawn_and_free_their_slots(
     private: Callable[..., Private], tenant: str
 ) -> None:
     p = private(3)
-    # A broker nobody listens on: publishing fails for real (connection refused), without the usual retries.
+    # A Redis nobody listens on: queueing fails for real (connection refused), without the usual retries.
     dead = QueueClient(p.settings, f"redis://127.0.0.1:{free_port()}/0")
     dead.app.conf.task_publish_retry = False
-    brokers = iter([p.queue.enqueue_ingest, dead.enqueue_ingest, dead.enqueue_ingest])
-
-    def enqueue(job_id: str) -> None:  # the broker goes away after the first document
-        next(brokers)(job_id)
-
-    flaky = p.service(enqueue)
-    docs = [_doc("kept"), _doc("lost-1"), _doc("lost-2")]
+    [kept] = p.service().submit(tenant, [note("kept")], idempotency_key="batch-0")
+    docs = [note("lost-1"), note("lost-2")]
 
     try:
-        with pytest.raises(OrchestrionError, match=r"could not queue document\(s\) 1, 2 \(.*\): not accepted"):
-            flaky.submit(tenant, docs, idempotency_key="batch-1")
+        with pytest.raises(OrchestrionError, match=r"could not queue document\(s\) 0, 1 \(.*\): not accepted"):
+            p.service(dead.enqueue_ingest).submit(tenant, docs, idempotency_key="batch-1")
     finally:
         dead.app.close()
 
-    [kept] = p.queued_job_ids()
-    assert p.admitted() == {kept} and p.unconfirmed() == set()
+    assert p.queued_job_ids() == [kept.job_id]
+    assert p.admitted() == {kept.job_id} and p.unconfirmed() == set() and p.jobs.waiting(tenant) == 1
     assert p.keys(f"idem:{tenant}") == 1
-    jobs = [p.jobs.load(_text(key).rsplit(":", 1)[1]) for key in p.redis.keys(f"{p.prefix}:job:*")]
-    failed = [j for j in jobs if j.job_id != kept]
+    jobs = [p.jobs.load(text_of(key).rsplit(":", 1)[1]) for key in p.redis.keys(f"{p.prefix}:job:*")]
+    failed = [j for j in jobs if j.job_id != kept.job_id]
     assert [(j.state, j.error) for j in failed] == [(JobState.FAILED, "could not be queued")] * 2
 
     retried = p.service().submit(tenant, docs, idempotency_key="batch-1")
-    assert retried[0].job_id == kept and {j.job_id for j in retried[1:]}.isdisjoint(j.job_id for j in failed)
-    assert sorted(p.queued_job_ids()) == sorted(j.job_id for j in retried) == sorted(p.admitted())
+    assert {j.job_id for j in retried}.isdisjoint(j.job_id for j in failed)
+    assert sorted(p.queued_job_ids()) == sorted(j.job_id for j in [kept, *retried]) == sorted(p.admitted())
 
 
 def test_a_worker_starting_a_job_frees_its_slot(
@@ -354,9 +262,9 @@ def test_a_worker_starting_a_job_frees_its_slot(
 ) -> None:
     p = private(2)
     service = p.service()
-    waiting = service.submit(tenant, [_doc("one"), _doc("two")])
+    waiting = service.submit(tenant, [note("one"), note("two")])
     with pytest.raises(BusyError):
-        service.submit(tenant, [_doc("three")])
+        service.submit(tenant, [note("three")])
 
     worker, _ = start_worker(p.env(stack_env), tmp_path, concurrency=1)
     try:
@@ -366,7 +274,7 @@ def test_a_worker_starting_a_job_frees_its_slot(
         # The second job waited while the first ran: the gap between their starts is the workers' pace.
         interval = p.jobs.drain_interval()
         assert interval is not None and 0 < interval < max(j.updated_at for j in done) - waiting[0].created_at
-        [third] = service.submit(tenant, [_doc("three")])
+        [third] = service.submit(tenant, [note("three")])
         [third] = wait_jobs(p.services(), tenant, [third])
         assert third.state == JobState.DONE and p.admitted() == p.unconfirmed() == set()
     finally:
@@ -405,7 +313,7 @@ from core.settings import get_settings
 from rag.ingest import Submission
 from rag.services import open_rag
 
-def die(job_id: str) -> None:
+def die(tenant: str, job_ids: list[str]) -> None:
     os._exit(3)
 
 rag = open_rag(get_settings(), enqueue=die)
@@ -426,20 +334,20 @@ def test_producer_dying_between_admitting_and_queueing_leaks_no_slot(
 
     # Within the grace the orphan is left alone: its producer may only be slow.
     with pytest.raises(BusyError):
-        p.service().submit(tenant, [_doc("next")])
+        p.service().submit(tenant, [note("next")])
     assert p.queued_job_ids() == []
 
     impatient = private(1, enqueue_grace_s=1.0)
     time.sleep(1.1)
     with pytest.raises(BusyError):  # the slot is still the orphan's, but this submission queues the orphan
-        impatient.service().submit(tenant, [_doc("next")])
+        impatient.service().submit(tenant, [note("next")])
     assert p.queued_job_ids() == [orphan] and p.unconfirmed() == set()
 
     worker, _ = start_worker(p.env(stack_env), tmp_path, concurrency=1)
     try:
         [done] = wait_jobs(p.services(), tenant, [p.jobs.load(orphan)])
         assert done.state == JobState.DONE and done.doc_id == "orphan.md"
-        [after] = impatient.service().submit(tenant, [_doc("next")])
+        [after] = impatient.service().submit(tenant, [note("next")])
         assert wait_jobs(p.services(), tenant, [after])[0].state == JobState.DONE
     finally:
         worker.stop()
@@ -450,11 +358,11 @@ def test_slot_of_a_job_lost_from_the_queue_frees_when_the_job_expires(
 ) -> None:
     p = private(1, ttl_s=2)
     service = p.service()
-    service.submit(tenant, [_doc("purged")])
+    service.submit(tenant, [note("purged")])
     assert p.queue.app.control.purge() == 1  # an operator empties the queue: the task is gone, its job waits
     with pytest.raises(BusyError):
-        service.submit(tenant, [_doc("next")])
+        service.submit(tenant, [note("next")])
 
     time.sleep(2.1)
-    [job] = service.submit(tenant, [_doc("next")])
+    [job] = service.submit(tenant, [note("next")])
     assert p.admitted() == {job.job_id}

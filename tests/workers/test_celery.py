@@ -90,20 +90,23 @@ def test_producer_fails_fast_while_redis_is_down_and_publishes_again_once_it_is_
     queue = QueueClient(Settings(redis=RedisSettings(url=url, key_prefix=key_prefix)), url)
     valkey = launch(spec, tmp_path / "logs", CONSOLE)
     try:
-        queue.enqueue_ingest("before")
+        queue.enqueue_ingest("t", ["before"])
         valkey.stop()
 
         for attempt in range(2):
             started = time.monotonic()
-            with pytest.raises(OperationalError):
-                queue.enqueue_ingest(f"during-{attempt}")
+            with pytest.raises(redis.ConnectionError):  # into the tenant's backlog first: refused at once
+                queue.enqueue_ingest("t", [f"during-{attempt}"])
+            with pytest.raises(OperationalError):  # and a publish of its own
+                queue.app.send_task("orchestrion.ping", args=[{}], ignore_result=True)
             # The publish's own few retries, not (from the second on) ~19 s of reconnecting to a result store
             # nobody reads, ending in a RuntimeError that says the application must be restarted.
             assert time.monotonic() - started < 5
 
         valkey = launch(spec, tmp_path / "logs", CONSOLE)
-        queue.enqueue_ingest("after")
-        assert queue.ingest_depth() == 2  # "before" survived the restart (AOF), "after" went out
+        queue.enqueue_ingest("t", ["after"])
+        # "before" survived the restart (AOF), "after" went out: both in Celery, under the dispatch bound (2).
+        assert queue.ingest_depth() == 2 and queue.ingest.waiting() == 0
         with redis.Redis.from_url(url) as client:
             assert client.pubsub_channels() == []  # the producer waits on no task's result
     finally:
