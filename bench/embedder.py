@@ -83,7 +83,7 @@ def full_window_chunks(count: int) -> list[str]:
     return chunks[:count]
 
 
-def child_throughput(config: dict[str, Any], chunks: int, rounds: int) -> dict[str, float]:
+def child_throughput(config: dict[str, Any], chunks: int, rounds: int = 2) -> dict[str, float]:
     from rag.local_model import OnnxMiniLM, TorchMiniLM
 
     model: Any
@@ -164,17 +164,21 @@ def measure_cold(pythons: dict[str, Path], env: dict[str, str], rounds: int) -> 
 
 
 def throughput_configs() -> list[dict[str, Any]]:
-    # The product's setting first (rag.local_model.OnnxMiniLM in an ingest worker), then one change at a time.
-    base = {"runtime": "onnx", "threads": 0, "spinning": False, "optimization": "all", "batch": 32}
-    varied: list[dict[str, Any]] = [base]
+    """One setting changed at a time from the product's (ORT's default threads are one per physical core: 2)."""
+    varied: list[dict[str, Any]] = []
     for key, values in (
-        ("threads", [1, 2]),
+        ("threads", [1]),
         ("spinning", [True]),
         ("optimization", ["disable", "basic", "extended"]),
         ("batch", [8, 16, 64]),
     ):
-        varied += [{**base, key: value} for value in values]
+        varied += [{**PRODUCT, key: value} for value in values]
     return varied
+
+
+# The product's settings: rag.local_model.OnnxMiniLM in an ingest worker, and torch as it ran before.
+PRODUCT: dict[str, Any] = {"runtime": "onnx", "threads": 0, "spinning": False, "optimization": "all", "batch": 32}
+TORCH: dict[str, Any] = {"runtime": "torch", "threads": 2, "batch": 32}
 
 
 def describe(config: dict[str, Any]) -> str:
@@ -186,34 +190,30 @@ def describe(config: dict[str, Any]) -> str:
 
 
 def measure_throughput(pythons: dict[str, Path], env: dict[str, str], chunks: int, rounds: int) -> list[list[object]]:
-    torch_config = {"runtime": "torch", "threads": 2, "batch": 32}
-    configs = throughput_configs()
-    torch_runs: list[dict[str, float]] = []
-    results: list[tuple[dict[str, Any], dict[str, float]]] = []
-    plan = [torch_config, *configs[:4], torch_config, *configs[4:], torch_config]
+    """The product's setting against torch in alternating pairs (the comparison the target is about), then each
+    variant once, between further torch runs; every ratio is against the mean of all torch runs."""
+    pairs = [TORCH, PRODUCT] * rounds
+    variants = throughput_configs()
+    plan = [*pairs, *variants[:4], TORCH, *variants[4:], TORCH]
+    runs: list[tuple[dict[str, Any], dict[str, float]]] = []
     for i, config in enumerate(plan):
         ERR.print(f"throughput {i + 1}/{len(plan)}: {describe(config)}")
-        args = ["--child", "throughput", json.dumps(config), str(chunks), str(rounds)]
-        _, answer = run_child(pythons[config["runtime"]], args, env)
-        (torch_runs if config is torch_config else results).append(
-            answer if config is torch_config else (config, answer)
+        _, answer = run_child(
+            pythons[config["runtime"]], ["--child", "throughput", json.dumps(config), str(chunks)], env
         )
-    torch_rate = statistics.mean(r["chunks_per_s"] for r in torch_runs)
-    torch_cpu = statistics.mean(r["cpu_ms_per_chunk"] for r in torch_runs)
-    rows: list[list[object]] = [
-        [
-            f"{describe(torch_config)} (mean of {len(torch_runs)} runs: "
-            + ", ".join(f"{r['chunks_per_s']:.1f}" for r in torch_runs)
-            + ")",
-            torch_rate,
-            torch_cpu,
-            1.0,
-            1.0,
-        ]
-    ]
-    for config, answer in results:
-        rate, cpu = answer["chunks_per_s"], answer["cpu_ms_per_chunk"]
-        rows.append([describe(config), rate, cpu, rate / torch_rate, torch_cpu / cpu])
+        runs.append((config, answer))
+
+    def summary(config: dict[str, Any]) -> tuple[float, float, str]:
+        mine = [answer for c, answer in runs if c is config]
+        rates = ", ".join(f"{a['chunks_per_s']:.1f}" for a in mine)
+        return (statistics.mean(a["chunks_per_s"] for a in mine), statistics.mean(a["cpu_ms_per_chunk"] for a in mine),
+                f" (mean of {len(mine)}: {rates})" if len(mine) > 1 else "")  # fmt: skip
+
+    torch_rate, torch_cpu, torch_runs = summary(TORCH)
+    rows: list[list[object]] = [[describe(TORCH) + torch_runs, torch_rate, torch_cpu, 1.0, 1.0]]
+    for config in [PRODUCT, *variants]:
+        rate, cpu, detail = summary(config)
+        rows.append([describe(config) + detail, rate, cpu, rate / torch_rate, torch_cpu / cpu])
     return rows
 
 
@@ -326,14 +326,14 @@ def measure_up(pythons: dict[str, Path], rounds: int) -> list[list[object]]:
             for i in range(rounds + 1):
                 kind = "fresh" if i == 0 else "warm"
                 ERR.print(f"up ({runtime}, {kind} {i}/{rounds})")
-                group, total = _up_once(python, env)
-                rows.append([runtime, kind, group, total])
+                group, total, note = _up_once(python, env)
+                rows.append([runtime, kind, group, total, note])
     return rows
 
 
-def _up_once(python: Path, env: dict[str, str]) -> tuple[float, float]:
+def _up_once(python: Path, env: dict[str, str]) -> tuple[float, float, str]:
     """Seconds until `up` prints the API healthy: as it prints it (since the worker and API were started), and
-    since `up` was launched."""
+    since `up` was launched; or NaN and why `up` failed (its API start timeout is 60 s)."""
     started = time.perf_counter()
     process = subprocess.Popen(
         [str(python), "-m", "orchestrion", "up", "--exit-when-ready", "--no-samples"],
@@ -352,8 +352,17 @@ def _up_once(python: Path, env: dict[str, str]) -> tuple[float, float]:
         if found and math.isnan(total):
             total, group = time.perf_counter() - started, float(found.group(1))
     if process.wait(timeout=600) != 0 or math.isnan(group):
-        raise SystemExit("`orchestrion up` failed:\n" + "".join(log[-40:]))
-    return group, total
+        reason = next(
+            (line.strip() for line in log if line.startswith("error:")), "exit status " + str(process.returncode)
+        )
+        ERR.print("`orchestrion up` failed:\n" + "".join(log[-15:]))
+        return group, total, reason
+    return group, total, ""
+
+
+def _median_of_successes(values: list[float]) -> float:
+    done = [v for v in values if not math.isnan(v)]
+    return statistics.median(done) if done else math.nan
 
 
 def main() -> None:
@@ -419,17 +428,16 @@ def main() -> None:
         )
         checks.append(("venv < 1.5 GB", float(rows[1][4]), f"{rows[1][2]:.2f} GB", float(rows[1][2]) < 1.5))
     if "up" in args.only:
-        rows = measure_up(pythons, args.rounds)
+        rows = measure_up(pythons, min(args.rounds, 2))
         OUT.print(
             table(
                 "orchestrion up: API healthy after (s)",
-                ["runtime", "start", "as up prints it", "since up was launched"],
+                ["runtime", "start", "as up prints it", "since up was launched", "note"],
                 rows,
             )
         )
-        warm = {
-            r: statistics.median(float(row[3]) for row in rows if row[0] == r and row[1] == "warm") for r in pythons
-        }
+        warm = {r: _median_of_successes([float(row[3]) for row in rows if row[0] == r and row[1] == "warm"])
+                for r in pythons}  # fmt: skip
         checks.append(
             (
                 "API healthy on a warm up < 10 s",
@@ -448,7 +456,7 @@ if __name__ == "__main__":
         if kind == "cold":
             answer = child_cold(sys.argv[3])
         elif kind == "throughput":
-            answer = child_throughput(json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+            answer = child_throughput(json.loads(sys.argv[3]), int(sys.argv[4]))
         else:
             answer = child_contention(sys.argv[3])
         print(json.dumps(answer))
