@@ -118,6 +118,10 @@ def test_servers_embed_in_a_model_process_in_small_batches_and_workers_in_proces
         settings.model_copy(update={"query_model_process": False, "query_cache_entries": 0}), None, "p", serving=True
     )
     assert isinstance(in_process, BatchingEmbedder) and isinstance(in_process._inner, LocalEmbedder)
+    assert batch._inner.runtime == "onnx"  # the default: no PyTorch in the default install
+    on_torch = build_embedder(settings.model_copy(update={"embedding_runtime": "torch"}), None, "p")
+    assert isinstance(on_torch, BatchingEmbedder) and isinstance(on_torch._inner, LocalEmbedder)
+    assert on_torch._inner.runtime == "torch"  # chosen by settings; loaded on first use, so nothing imports here
 
 
 def test_closing_a_servers_embedder_ends_its_model_process_and_a_later_call_starts_one() -> None:
