@@ -36,8 +36,7 @@ class EmbeddingSpec:
 
 
 # Known without loading the model: the bundled files are all-MiniLM-L6-v2, 384-d, with a
-# Normalize module (unit vectors).
-# Either runtime gives the same vectors (rag/local_model.py), so both are this one model.
+# Normalize module (unit vectors). Either runtime gives the same vectors (rag/local_model.py): one model.
 LOCAL_SPEC = EmbeddingSpec(LOCAL_MODEL, 384, True)
 
 

@@ -1,11 +1,13 @@
 """The local embedding model in a child process, so that it never waits for the server's GIL.
 
 PyTorch releases the GIL inside each operator but takes it back between operators, and a
-MiniLM forward pass is a few hundred operators. In a server whose event loop and request
-threads keep the GIL busy, the model thread queues for it at every step: embedding six
-short queries took 38 ms alone and 175 ms next to one busy Python thread (measured on
-this project's 2-core machines, bench/RESULTS.md). In its own process the model has a GIL
-to itself; the server's side only sends texts down a pipe and waits, which holds no GIL.
+MiniLM forward pass is a few hundred operators; ONNX Runtime releases it for a whole run,
+but tokenizing, padding and taking the result back each need it. In a server whose event
+loop and request threads keep the GIL busy, the model thread queues for it: six short
+queries took 34 ms alone and 138 ms next to one busy Python thread with PyTorch, 23 and
+74 ms with ONNX Runtime (2-core machine, bench/results/embedder.md). In its own process the
+model has a GIL to itself; the server's side only sends texts down a pipe and waits, which
+holds no GIL.
 
 One child per server process, started on first use (so no process exists at import time
 or before a fork), fed by the one dispatcher thread of rag/batching.py. If the child dies,
