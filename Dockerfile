@@ -21,14 +21,21 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 # Optional extras of pyproject.toml, e.g. --build-arg ORCHESTRION_EXTRAS=local-llm
-# (the embedded llama.cpp; compiles for several minutes). The compose stack
-# does not need it: it uses an external API or the `llm` service.
+# (the embedded llama.cpp; compiles for several minutes) or gpu (sentence-transformers on PyTorch with CUDA,
+# ~4 GB). The compose stack needs neither: it uses an external API or the `llm` service, and embeds with
+# ONNX Runtime on CPU.
 ARG ORCHESTRION_EXTRAS=
+ARG UV_VERSION=0.13.9
 
 WORKDIR /src
 COPY . .
-RUN pip install --upgrade pip \
- && pip install ".${ORCHESTRION_EXTRAS:+[${ORCHESTRION_EXTRAS}]}"
+# The versions of uv.lock, installed without resolving again: pip would follow the model package's declared
+# dependency on sentence-transformers (and so torch), which uv.lock leaves out (pyproject.toml says why).
+RUN pip install --upgrade pip "uv==${UV_VERSION}" \
+ && extras=$(for extra in $(echo "${ORCHESTRION_EXTRAS}" | tr ',' ' '); do printf -- '--extra %s ' "$extra"; done) \
+ && uv export --locked --no-dev --no-emit-project --format requirements-txt $extras -o /tmp/requirements.txt \
+ && pip install --no-deps --require-hashes -r /tmp/requirements.txt \
+ && pip install --no-deps .
 
 # ---- runtime --------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

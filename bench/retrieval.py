@@ -7,7 +7,7 @@ written with ChunkStore.write_document. Every tenant's chunks are stored in its 
 
 At 1, 16 and 64 concurrent clients, three paths run the same plan of queries (hybrid, alpha 0.5, k 5):
   raw-vec  weaviate-client hybrid query with a precomputed query vector (threads, one shared client);
-  raw+emb  the same, embedding each query first with the same model in this process, on as many torch
+  raw+emb  the same, embedding each query first with the same model in this process, on as many
            threads as the server's model uses: the same work the server does per query, so the target
            applies here: MCP p99 <= 1.3 x raw+emb p99. The server batches concurrent queries
            (rag/batching.py), this path does not; the report shows the server's texts per model call;
@@ -33,7 +33,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
-import torch
 from weaviate import WeaviateClient
 from weaviate.classes.query import HybridFusion, MetadataQuery
 from weaviate.classes.tenants import Tenant, TenantActivityStatus
@@ -529,9 +528,9 @@ class LevelRunner:
     ) -> None:
         settings = settings_from(deployment.env)
         if settings.rag.query_embed_threads:
-            # raw+emb embeds as the server's model does: one torch thread per call by default. With torch's
-            # default (one per core), a query embedded from a worker thread took ~20 ms against ~12 ms.
-            torch.set_num_threads(settings.rag.query_embed_threads)
+            # raw+emb embeds as the server's model does: one thread per call by default. With one per core, a
+            # query embedded from a worker thread took ~20 ms against ~12 ms (torch, before ONNX Runtime).
+            embedder = LocalEmbedder(32, settings.rag.query_embed_threads)
         self.args = args
         self.cpu: CpuReader = stack.cpu_by_role
         self.url = f"{deployment.api_url}/mcp"

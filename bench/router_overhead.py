@@ -8,7 +8,7 @@ perf_counter_ns (the timer's cost is inside every figure, and inside the baselin
   * router        - Router.decide(text) with the classifier and a precomputed-embedding lookup (rules + classifier);
   * embed + classifier - LocalEmbedder.embed([text]) then the classifier: the real per-request cost when the
                     prompt's embedding is not cached (all-MiniLM-L6-v2 on CPU, batch size 1; fewer calls), with
-                    torch's default intra-op threads (as the product runs) and again with 1 thread.
+                    the runtime's default threads (one per core) and again with 1 thread (as the servers run it).
 Every case gets a warm-up first. Reported: p50/p99/mean in microseconds and p50 / baseline p50 (informative).
 
     .venv/bin/python -m bench.router_overhead [--quick] [--decisions N] [--embed-decisions N]
@@ -35,7 +35,6 @@ class Case:
     name: str
     run: Callable[[str], object]
     calls: int
-    torch_threads: int | None = None  # set for this case only (torch's intra-op threads; None = as the product)
 
 
 def _noop(text: str) -> object:
@@ -56,7 +55,7 @@ def time_calls(run: Callable[[str], object], prompts: Sequence[str], calls: int)
 
 
 def build_cases(prompts: Sequence[str], decisions: int, embed_decisions: int) -> list[Case]:
-    embedder = LocalEmbedder()
+    embedder, one_thread = LocalEmbedder(), LocalEmbedder(threads=1)
     classifier = Classifier.load()
     with ERR.status(f"embedding {len(set(prompts))} held-out prompts once (batched) for the precomputed cases…"):
         distinct = sorted(set(prompts))
@@ -70,27 +69,21 @@ def build_cases(prompts: Sequence[str], decisions: int, embed_decisions: int) ->
     def embed_and_classify(text: str) -> bool:
         return classifier.probability(embedder.embed([text]), [text])[0] >= classifier.threshold
 
+    def embed_one_thread_and_classify(text: str) -> bool:
+        return classifier.probability(one_thread.embed([text]))[0] >= classifier.threshold
+
     return [
         Case("baseline: no-op call", _noop, decisions),
         Case("rules only (apply_rules)", lambda t: apply_rules(t, rules), decisions),
         Case("classifier, precomputed embedding", classify, decisions),
         Case("Router.decide, precomputed embedding", router.decide, decisions),
         Case("embedding (MiniLM, CPU, batch 1) + classifier", embed_and_classify, embed_decisions),
-        Case("same, torch.set_num_threads(1) (bench-side)", embed_and_classify, embed_decisions, torch_threads=1),
+        Case("same, 1 thread (as the servers embed)", embed_one_thread_and_classify, embed_decisions),
     ]
 
 
 def run_case(case: Case, prompts: Sequence[str]) -> list[float]:
-    if case.torch_threads is None:
-        return time_calls(case.run, prompts, case.calls)
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(case.torch_threads)
-    try:
-        return time_calls(case.run, prompts, case.calls)
-    finally:
-        torch.set_num_threads(before)
+    return time_calls(case.run, prompts, case.calls)
 
 
 def report(results: dict[str, list[float]], prompts: int) -> None:
@@ -101,14 +94,7 @@ def report(results: dict[str, list[float]], prompts: int) -> None:
     ]
     title = f"Routing decision cost, one prompt at a time ({prompts} held-out prompts cycled), microseconds"
     OUT.print(table(title, ["case", "calls", "p50 µs", "p99 µs", "mean µs", "p50 / baseline p50"], rows))
-    OUT.print(f"ratio is informative only (no target); the baseline is the timer plus a Python call. torch intra-op "
-              f"threads by default: {_torch_threads()}")  # fmt: skip
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
+    OUT.print("ratio is informative only (no target); the baseline is the timer plus a Python call.")
 
 
 def main() -> None:

@@ -165,11 +165,16 @@ class RagSettings(BaseModel):
     embedding_dimension: int | None = Field(
         default=None, ge=1, description="Vector size of a remote embedding model (asked from the endpoint if unset)."
     )
+    embedding_runtime: Literal["onnx", "torch"] = Field(
+        default="onnx",
+        description="What runs the local model: ONNX Runtime on CPU, or sentence-transformers on PyTorch (the `gpu` "
+        "extra; CUDA when there is a device). Both give the same vectors, so a tenant needs no reindex to switch.",
+    )
     embed_batch_size: int = Field(default=32, ge=1, le=2048, description="Texts per embedding call.")
     query_embed_threads: int = Field(
         default=1,
         ge=0,
-        description="Torch threads of the local embedding model in the API and MCP servers (0 = one per core). "
+        description="Threads of the local embedding model in the API and MCP servers (0 = one per core). "
         "Concurrent queries are embedded together, so one thread is enough and leaves the other cores to "
         "request handling; two threads on one short query cost 1.5x the CPU for 25% less latency.",
     )
@@ -187,7 +192,7 @@ class RagSettings(BaseModel):
         "wait for the server's GIL between operators (6 queries: 38 ms alone, 175 ms beside one busy Python thread).",
     )
     ingest_embed_threads: int = Field(
-        default=0, ge=0, description="Torch threads of the local embedding model in ingest workers (0 = one per core)."
+        default=0, ge=0, description="Threads of the local embedding model in ingest workers (0 = one per core)."
     )
     embedding_cache_ttl_s: int = Field(
         default=30 * 24 * 3600, ge=0, description="Lifetime of the Redis embedding cache (ingest); 0 = none."

