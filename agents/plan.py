@@ -37,8 +37,9 @@ def check_plan(draft: PlanDraft, tools: set[str], max_steps: int) -> list[Planne
     problems: list[str] = []
     seen: set[str] = set()
     steps = draft.steps
-    if len(steps) > max_steps:
-        problems.append(f"{len(steps)} steps: at most {max_steps}")
+    working = sum(s.kind != "answer" for s in steps)
+    if working > max_steps:
+        problems.append(f"{working} steps before the answer: at most {max_steps}")
     for position, step in enumerate(steps, 1):
         where = f"step {position} ({step.id!r})"
         if step.id in seen:

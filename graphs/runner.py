@@ -21,6 +21,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
@@ -242,15 +243,19 @@ class Runner:
 
     # recovery
     async def recover_forever(self) -> None:
-        """Resume runs whose process died (their lease expired while running), as long as this process lives."""
-        while True:
-            try:
-                await self.recover_once()
-            except Exception:
-                log.warning("looking for orphaned runs failed", exc_info=True)
-            await asyncio.sleep(self.settings.recovery_interval_s)
+        """Resume runs whose process died (their lease expired while running), as long as this process lives.
+        The resumed runs are this task's children: cancelled with it, they are left due for another process."""
+        async with anyio.create_task_group() as group:
+            while True:
+                try:
+                    for run_id in await self.recover_once():
+                        group.start_soon(self._resume, run_id)
+                except Exception:
+                    log.warning("looking for orphaned runs failed", exc_info=True)
+                await anyio.sleep(self.settings.recovery_interval_s)
 
     async def recover_once(self) -> list[str]:
+        """The orphaned runs this process should resume now (marked as being resumed here)."""
         resumed = []
         for run_id in await self.store.expired_leases():
             if run_id in self._resuming:

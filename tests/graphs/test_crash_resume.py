@@ -128,3 +128,20 @@ def test_killed_mid_step_the_resumed_run_does_not_repeat_finished_tool_calls(
     assert done["executions"] == 2
     assert [x.split()[:2] for x in _effects(crash_env)] == [["start", "short"], ["done", "short"]]
     assert done["answer"].startswith("Recorded once [1].")
+
+
+def test_killed_mid_short_call_the_resumed_run_fails_that_step_instead_of_calling_again(
+    crash_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A short call with an effect, in the run's own process, is cut by the kill: whether it took effect is
+    # unknown, so the resumed run must not make it again; the planner is told, and answers without it.
+    short_plan = plan(tool("s1", "slow_effect", {"label": "cut", "seconds": 6}), answer("s2", "s1"))
+    script = {"plan": short_plan, "replan": plan(answer("r1")), "answer": "Not recorded [1]."}
+
+    done = _crash_and_resume(
+        crash_env, tmp_path, script, kill_when=lambda lines: any(x.startswith("start cut") for x in lines)
+    )
+
+    assert done["status"] == "success", done
+    assert [x.split()[:2] for x in _effects(crash_env)][:1] == [["start", "cut"]]
+    assert sum(x.startswith("start") for x in _effects(crash_env)) == 1  # never called a second time
