@@ -21,6 +21,7 @@ WINDOW_WORDS = 180
 STRIDE_WORDS = 150
 RRF_K = 60
 DEPTH = 50
+EMBED_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,11 @@ class NaivePipeline:
     def __init__(self, passages: list[Passage], embedder: Embedder) -> None:
         self.passages = passages
         self._embedder = embedder
-        self._vectors = np.asarray(embedder.embed([p.text for p in passages]), dtype=np.float32)
+        texts = [p.text for p in passages]
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), EMBED_BATCH):  # batches: a disk cache keeps each as it is done
+            vectors += embedder.embed(texts[start : start + EMBED_BATCH])
+        self._vectors = np.asarray(vectors, dtype=np.float32)
         self._bm25 = Bm25([p.text for p in passages])
 
     def search(self, query: str, mode: str) -> list[str]:
