@@ -2,7 +2,7 @@
 
 The 12 sample documents are ingested into a fresh tenant through the real pipeline (IngestService.submit,
 a real Celery worker, real Weaviate; `source` is the filename given). Each question of
-bench/data/questions.jsonl is asked in every mode with k=5 (hybrid: alpha 0.5, relative-score fusion, the
+bench/data/questions.jsonl is asked in every mode with k=5 (hybrid: alpha 0.6, relative-score fusion, the
 defaults). A question is a hit when any of the top-5 chunks' `source` basename is one of its `sources`;
 MRR@5 uses the rank of the first such chunk (0 when none). No target: the table is the result.
 
