@@ -2,7 +2,7 @@
 
 The 12 sample documents are ingested into a fresh tenant through the real pipeline (IngestService.submit,
 a real Celery worker, real Weaviate; `source` is the filename given). Each question of
-bench/data/questions.jsonl is asked in every mode with k=5 (hybrid: alpha 0.5, relative-score fusion, the
+bench/data/questions.jsonl is asked in every mode with k=5 (hybrid: alpha 0.6, relative-score fusion, the
 defaults). A question is a hit when any of the top-5 chunks' `source` basename is one of its `sources`;
 MRR@5 uses the rank of the first such chunk (0 when none). No target: the table is the result.
 
@@ -56,21 +56,29 @@ def load_questions(limit: int | None) -> list[Question]:
     return questions[:limit] if limit else questions
 
 
-def ingest_samples(rag: RagServices, tenant: str, timeout: float = 600.0) -> int:
+def ingest_samples(rag: RagServices, tenant: str) -> int:
     files = sorted(p for p in SAMPLES.iterdir() if p.is_file())
-    jobs = rag.ingest.submit(tenant, [Submission(content=f.read_bytes(), filename=f.name) for f in files])
+    submissions = [Submission(content=f.read_bytes(), filename=f.name) for f in files]
+    return ingest_and_wait(rag, tenant, submissions, f"ingesting {len(files)} sample documents")
+
+
+def ingest_and_wait(
+    rag: RagServices, tenant: str, submissions: list[Submission], label: str, timeout: float = 600.0
+) -> int:
+    """Submit the documents, wait (with a progress bar) until every job is done; the number of chunks."""
+    jobs = rag.ingest.submit(tenant, submissions)
     deadline = time.monotonic() + timeout
     with progress() as bar:
-        task = bar.add_task(f"ingesting {len(files)} sample documents", total=len(jobs), detail="")
+        task = bar.add_task(label, total=len(jobs), detail="")
         while time.monotonic() < deadline:
             jobs = [rag.ingest.status(tenant, j.job_id) for j in jobs]
             bar.update(task, completed=sum(j.state in FINAL_STATES for j in jobs))
             if all(j.state in FINAL_STATES for j in jobs):
                 break
-            time.sleep(0.3)
+            time.sleep(0.5)
     failed = [j for j in jobs if j.state != JobState.DONE]
     if failed:
-        raise RuntimeError(f"{len(failed)} ingest job(s) did not finish: {[(j.doc_id, j.error) for j in failed]}")
+        raise RuntimeError(f"{len(failed)} ingest job(s) did not finish: {[(j.doc_id, j.error) for j in failed][:5]}")
     return sum(j.chunks_total for j in jobs)
 
 

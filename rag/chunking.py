@@ -319,6 +319,8 @@ class Chunker:
         allowed = self.counter.max_tokens - min(MIN_TEXT_TOKENS, self.chunk_tokens)
         headings = [_one_line(heading) for heading in heading_path]
         headings = [heading for heading in headings if heading]
+        if headings and headings[0] == title:  # a page's top heading is usually its title: say it once
+            headings = headings[1:]
 
         def build(title_part: str, kept: list[str]) -> tuple[str, int]:
             header = "\n".join(part for part in (title_part, " > ".join(kept)) if part)

@@ -220,6 +220,9 @@ class _SectionBuilder:
 _HTML_SKIP = frozenset({"script", "style", "nav", "noscript", "template", "svg"})
 # Page banners and footers are junk; an <article>'s or <section>'s own header (its title) is not.
 _HTML_SKIP_OUTSIDE_CONTENT = frozenset({"header", "footer"})
+# ARIA landmarks that are never the page's content (menus, sidebars, search boxes, site banners and footers):
+# many sites mark them on plain <div>s rather than <nav>/<header>/<footer>.
+_HTML_SKIP_ROLES = frozenset({"navigation", "search", "banner", "contentinfo"})
 _HTML_CONTENT = frozenset({"article", "main", "section"})
 _HTML_BLOCKS = frozenset(
     {
@@ -231,6 +234,8 @@ _HTML_BLOCKS = frozenset(
 _HTML_CELLS = frozenset({"td", "th"})
 _HTML_HEADINGS = {f"h{n}": n for n in range(1, 7)}
 _META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+_HAS_MAIN = re.compile(r"""<main[\s>]|\srole\s*=\s*["']?main\b""", re.IGNORECASE)
+_PERMALINK_MARKS = "\u00b6\u00a7"  # the pilcrow and section sign that documentation generators put after headings
 # WHATWG: these labels mean windows-1252; a UTF-16 label in a meta tag means UTF-8.
 _HTML_LABEL_ALIASES = {"ascii": "cp1252", "latin_1": "cp1252", "iso8859-1": "cp1252", "cp1252": "cp1252"}
 
@@ -263,13 +268,40 @@ def _decode_html(content: bytes) -> str:
         ) from exc
 
 
-class _HTMLExtractor(HTMLParser):
+class _Region:
+    """An element whose whole subtree is being tracked (skipped, or the page's main content): open while
+    its tag, counted through nested elements of the same name, has not closed."""
+
     def __init__(self) -> None:
+        self.tag: str | None = None
+        self.depth = 0
+
+    def open(self, tag: str) -> None:
+        self.tag, self.depth = tag, 1
+
+    def start(self, tag: str) -> None:
+        if tag == self.tag:
+            self.depth += 1
+
+    def end(self, tag: str) -> None:
+        if tag == self.tag:
+            self.depth -= 1
+            if self.depth == 0:
+                self.tag = None
+
+    def __bool__(self) -> bool:
+        return self.tag is not None
+
+
+class _HTMLExtractor(HTMLParser):
+    def __init__(self, main_only: bool) -> None:
         super().__init__(convert_charrefs=True)
         self.title: str | None = None
         self.first_h1: str | None = None
         self.builder = _SectionBuilder()
-        self._skip: list[str] = []  # open elements whose content we drop
+        self._skip = _Region()  # an element whose content we drop
+        self._main_only = main_only  # the page marks its main content: keep only that
+        self._main = _Region()
         self._content_depth = 0  # open <article>/<main>/<section>
         self._pre_depth = 0
         self._in_title = False
@@ -282,6 +314,7 @@ class _HTMLExtractor(HTMLParser):
     def _flush(self) -> None:
         raw = "".join(self._para)
         text = "\n".join(line.rstrip() for line in raw.split("\n")).strip("\n") if self._para_pre else _collapse(raw)
+        text = text.rstrip(_PERMALINK_MARKS).rstrip()
         if text.strip():
             self.builder.add_line(text)
             self.builder.add_line("")
@@ -293,23 +326,42 @@ class _HTMLExtractor(HTMLParser):
             return
         level, parts = self._heading
         self._heading = None
-        text = _collapse("".join(parts))
+        text = _collapse("".join(parts)).rstrip(_PERMALINK_MARKS).rstrip()
         if not text:
             return
         if level == 1 and self.first_h1 is None:
             self.first_h1 = text
         self.builder.heading(level, text)
 
+    def _is_junk(self, tag: str, role: str | None) -> bool:
+        if tag in _HTML_SKIP_OUTSIDE_CONTENT:
+            return self._content_depth == 0
+        return tag in _HTML_SKIP or role in _HTML_SKIP_ROLES
+
+    def _track_main(self, tag: str, role: str | None) -> None:
+        if self._main:
+            self._main.start(tag)
+        elif tag == "main" or role == "main":
+            self._main.open(tag)
+
+    def _dropping(self) -> bool:
+        return bool(self._skip) or (self._main_only and not self._main)
+
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _HTML_CONTENT:
             self._content_depth += 1
-        if tag in _HTML_SKIP or (tag in _HTML_SKIP_OUTSIDE_CONTENT and self._content_depth == 0):
-            self._skip.append(tag)
-            return
         if self._skip:
+            self._skip.start(tag)
+            return
+        role = next((value for name, value in attrs if name == "role"), None)
+        if self._is_junk(tag, role):
+            self._skip.open(tag)
             return
         if tag == "title":
             self._in_title = self.title is None
+            return
+        self._track_main(tag, role)
+        if self._dropping():
             return
         if tag in _HTML_HEADINGS:
             self._flush()
@@ -331,16 +383,20 @@ class _HTMLExtractor(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in _HTML_CONTENT and self._content_depth:
             self._content_depth -= 1
-        if tag in self._skip:
-            del self._skip[len(self._skip) - 1 - self._skip[::-1].index(tag) :]
-            return
         if self._skip:
+            self._skip.end(tag)
             return
         if tag == "title":
             if self._in_title:
                 self.title = _collapse("".join(self._title_parts))
             self._in_title = False
-        elif tag in _HTML_HEADINGS:
+            return
+        dropping = self._dropping()
+        if self._main:
+            self._main.end(tag)
+        if dropping:
+            return
+        if tag in _HTML_HEADINGS:
             self._finish_heading()
         elif tag in _HTML_BLOCKS and self._heading is None:
             self._flush()
@@ -349,10 +405,10 @@ class _HTMLExtractor(HTMLParser):
                 self._para_pre = self._pre_depth > 0
 
     def handle_data(self, data: str) -> None:
-        if self._skip:
-            return
         if self._in_title:
             self._title_parts.append(data)
+        elif self._dropping():
+            return
         elif self._heading is not None:
             self._heading[1].append(data)
         else:
@@ -365,11 +421,15 @@ class _HTMLExtractor(HTMLParser):
 
 
 def _parse_html(content: bytes, fallback_title: str) -> tuple[str, list[Section]]:
-    extractor = _HTMLExtractor()
-    extractor.feed(_decode_html(content).replace("\r\n", "\n").replace("\r", "\n"))
+    text = _decode_html(content).replace("\r\n", "\n").replace("\r", "\n")
+    extractor = _HTMLExtractor(main_only=_HAS_MAIN.search(text) is not None)
+    extractor.feed(text)
     extractor.close()
     sections = extractor.result()
-    return extractor.title or extractor.first_h1 or fallback_title, sections
+    title, h1 = extractor.title, extractor.first_h1
+    if title and h1 and len(title) > len(h1) and title.startswith(h1):
+        title = h1  # "Page - Site name": the site's name, on every page, says nothing about this one
+    return title or h1 or fallback_title, sections
 
 
 # --- PDF ------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
 from core.errors import EmbeddingMismatchError, NotFoundError
 from rag.embedding import EmbeddingSpec
 from rag.filters import Scalar, meta_kind, meta_property, meta_value
+from rag.search_text import LEGACY_KEYWORD_FIELDS, SCHEMA_VERSION, search_text, upgrade_chunks
 
 F = TypeVar("F", bound=Callable[..., Any])
 CHUNK_NAMESPACE = uuid.UUID("6f1c2a7e-3b1d-4f0a-9a51-0b7c4e2d8a10")
@@ -149,6 +150,7 @@ class ChunkStore:
         self.chunks_name, self.docs_name = collection_names(spec)
         self._tenants = _TenantCache()
         self._meta_props: set[str] | None = None
+        self.keyword_fields: Sequence[str] = ("search_text",)  # the properties BM25 reads
 
     # --- collections and tenants -------------------------------------------------
 
@@ -159,7 +161,7 @@ class ChunkStore:
                 try:
                     self.client.collections.create(
                         name,
-                        description=json.dumps({"orchestrion": 1, **self._spec_dict()}),
+                        description=json.dumps({"orchestrion": SCHEMA_VERSION, **self._spec_dict()}),
                         properties=properties,
                         multi_tenancy_config=Configure.multi_tenancy(
                             enabled=True, auto_tenant_creation=False, auto_tenant_activation=True
@@ -172,6 +174,13 @@ class ChunkStore:
             else:
                 self._add_missing_properties(name, properties)
             self._check_recorded_spec(name)
+        self._upgrade_chunks()
+
+    def _upgrade_chunks(self) -> None:
+        """Until every chunk has `search_text` (filled in here), search reads the fields it had before."""
+        self.keyword_fields = LEGACY_KEYWORD_FIELDS
+        upgrade_chunks(self.client.collections.use(self.chunks_name))
+        self.keyword_fields = ("search_text",)
 
     def _add_missing_properties(self, name: str, properties: list[Property]) -> None:
         """A collection made by an earlier version gets the properties added since (Weaviate adds them in place)."""
@@ -328,6 +337,7 @@ class ChunkStore:
                     "text": c.text,
                     "heading_path": list(c.heading_path),
                     "headings": " > ".join(c.heading_path),
+                    "search_text": search_text(info.title, c.heading_path, c.text),
                     "chunk_index": c.index,
                     "content_hash": c.content_hash,
                 },
@@ -434,7 +444,7 @@ class ChunkStore:
             return [_hit(o.properties, 1.0 - float(o.metadata.distance or 0.0)) for o in found.objects]
         if mode == "keyword":
             found = chunks.bm25(
-                query, query_properties=["text", "title", "headings"], limit=k, filters=filters,
+                query, query_properties=list(self.keyword_fields), limit=k, filters=filters,
                 return_metadata=MetadataQuery(score=True),
             )  # fmt: skip
         else:
@@ -443,7 +453,7 @@ class ChunkStore:
                 vector=list(vector or []),
                 alpha=alpha,
                 fusion_type=HybridFusion.RANKED if fusion == "ranked" else HybridFusion.RELATIVE_SCORE,
-                query_properties=["text", "title", "headings"],
+                query_properties=list(self.keyword_fields),
                 limit=k,
                 filters=filters,
                 return_metadata=MetadataQuery(score=True),
@@ -477,6 +487,8 @@ def _chunk_properties() -> list[Property]:
         Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
         Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
         Property(name="headings", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        # What keyword search reads: title, headings and text as one field (see search_text).
+        Property(name="search_text", data_type=DataType.TEXT, tokenization=Tokenization.WORD, index_filterable=False),
         Property(name="heading_path", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD),
         Property(name="doc_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
         Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),

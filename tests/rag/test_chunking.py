@@ -296,6 +296,15 @@ def test_embed_text_header(counter: HFTokenCounter) -> None:
     assert [chunk.embed_text for chunk in untitled] == ["H\n\nx y", "z"]
 
 
+def test_a_top_heading_that_repeats_the_title_is_embedded_once(counter: HFTokenCounter) -> None:
+    doc = ParsedDocument(
+        "Guide", DocType.MARKDOWN, [Section(("Guide",), "Intro."), Section(("Guide", "Setup"), "Run.")]
+    )
+    intro, setup = Chunker(counter).chunk(doc)
+    assert [intro.embed_text, setup.embed_text] == ["Guide\n\nIntro.", "Guide\nSetup\n\nRun."]
+    assert setup.heading_path == ("Guide", "Setup")  # citations keep the whole path
+
+
 def test_header_tokens_count_against_the_budget(counter: HFTokenCounter) -> None:
     heading = " ".join(WORDS[:20])  # ~25 tokens
     text = prose(random.Random(2), 10)

@@ -46,7 +46,7 @@ def test_collection_recorded_with_other_normalisation_is_refused(rag: RagService
     with pytest.raises(EmbeddingMismatchError, match="normalized=True"):
         same_name_other_norm.ensure_collections()
     recorded = json.loads(rag.weaviate.collections.use(rag.store.chunks_name).config.get().description or "")
-    assert recorded == {"orchestrion": 1, "model": "all-MiniLM-L6-v2", "dimension": 384, "normalized": True}
+    assert recorded == {"orchestrion": 2, "model": "all-MiniLM-L6-v2", "dimension": 384, "normalized": True}
 
 
 def test_collections_of_an_earlier_version_get_the_properties_added_since(rag: RagServices) -> None:

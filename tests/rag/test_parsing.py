@@ -428,3 +428,51 @@ def test_pdf_encrypted_with_empty_user_password_is_read() -> None:
     writer.write(out)
     doc = parse(out.getvalue(), DocType.PDF, fallback_title="open")
     assert doc.sections[0].text == "Open text"
+
+
+# A documentation page as generators write them: menus and sidebars on plain <div>s marked with ARIA roles,
+# the content in a role="main" element, permalink marks after headings, the site's name in the <title>.
+DOC_PAGE = """<!DOCTYPE html>
+<html><head><title>json — JSON encoder — Python 3.11 documentation</title></head>
+<body>
+  <div class="related" role="navigation"><h3>Navigation</h3><ul><li><div>next |</div></li></ul></div>
+  <div class="document"><div class="body" role="main">
+    <section id="json">
+      <h1>json — JSON encoder<a class="headerlink" href="#json">\u00b6</a></h1>
+      <p>JSON is a data format.</p>
+      <div class="admonition"><div><p>A nested div inside the content.</p></div></div>
+      <section><h2>Basic Usage<a class="headerlink" href="#u">\u00b6</a></h2><p>Call dumps().</p></section>
+    </section>
+  </div></div>
+  <div class="sphinxsidebar" role="navigation">
+    <h3>Table of Contents</h3><div><div><ul><li>Basic Usage</li></ul></div></div>
+    <h4>Next topic</h4><p>mailbox — Manipulate mailboxes</p>
+  </div>
+  <div role="search"><h3>Quick search</h3><form><input type="text"></form></div>
+  <div class="footer">Copyright FOOTER JUNK</div>
+</body></html>
+"""
+
+
+def test_doc_page_keeps_only_its_main_content() -> None:
+    doc = parse(DOC_PAGE.encode(), DocType.HTML, fallback_title="f")
+    assert doc.title == "json — JSON encoder"  # the site's name dropped: it is on every page
+    texts = {section.heading_path: section.text for section in doc.sections}
+    assert texts == {
+        ("json — JSON encoder",): "JSON is a data format.\n\nA nested div inside the content.",
+        ("json — JSON encoder", "Basic Usage"): "Call dumps().",
+    }
+
+
+def test_navigation_landmarks_are_dropped_with_everything_nested_in_them() -> None:
+    page = (
+        b"<html><body><p>before</p><div role='navigation'><div><div>MENU</div></div><p>MORE MENU</p></div>"
+        b"<p>after</p></body></html>"
+    )
+    doc = parse(page, DocType.HTML, fallback_title="f")
+    assert doc.sections == [Section((), "before\n\nafter")]
+
+
+def test_a_title_that_does_not_start_with_the_first_heading_is_kept() -> None:
+    page = b"<html><head><title>Release notes</title></head><body><h1>Version 2</h1><p>x</p></body></html>"
+    assert parse(page, DocType.HTML, fallback_title="f").title == "Release notes"
