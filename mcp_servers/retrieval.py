@@ -50,7 +50,12 @@ def add_retrieval_tools(server: MCPServer, deps: ServerDeps) -> None:
         query: str = Field(min_length=1, max_length=2000, description="What to look for."),
         mode: Literal["hybrid", "vector", "keyword"] = "hybrid",
         k: int = Field(default=5, ge=1, le=50, description="How many chunks."),
-        alpha: float = Field(default=0.5, ge=0, le=1, description="Hybrid: 1 = all vector, 0 = all keyword."),
+        alpha: float = Field(
+            default=SearchRequest.model_fields["alpha"].default,
+            ge=0,
+            le=1,
+            description="Hybrid: 1 = all vector, 0 = all keyword.",
+        ),
         fusion: Literal["relative_score", "ranked"] = "relative_score",
         filters: FilterSpec | None = Field(default=None, description="Metadata filter: condition, all or any."),
         min_score: float | None = Field(default=None, description="Drop hits scoring below this."),
