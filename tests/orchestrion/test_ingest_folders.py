@@ -157,7 +157,7 @@ def test_cli_ingests_the_debian_pages_whose_names_it_refused(
     assert any("__future__" in title for _, title in stored.values()), stored
 
 
-@pytest.mark.slow
+@pytest.mark.drill
 @pytest.mark.timeout(3600)  # 317 pages, 28 MB of HTML: many minutes of embedding on 2 shared cores
 def test_cli_ingests_the_whole_debian_python_library_folder(
     rag: RagServices, cli_tenant: str, stack_env: dict[str, str]
