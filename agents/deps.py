@@ -6,6 +6,7 @@ give scripted chat models and in-process test tools, and production gives the ro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ def routed_deps(models: object, toolbox: Toolbox, settings: AgentSettings, long_
 
     assert isinstance(models, ModelClient)
 
+    # One model per (tenant, purpose, max_tokens), shared by the runs: a model holds no call state, and LangChain
+    # serialises each instance for its callbacks on its first call, which a model per call would pay every time.
+    @functools.lru_cache(maxsize=4096)
     def chat(tenant: str, purpose: str, max_tokens: int) -> BaseChatModel:
         return RoutedChatModel(client=models, tenant=tenant, purpose=purpose, max_tokens=max_tokens)
 

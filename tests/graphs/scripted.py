@@ -8,6 +8,7 @@ the toolbox, its schemas and its errors are the real ones; only what the tools c
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import defaultdict
@@ -116,6 +117,8 @@ class ScriptedChatModel(BaseChatModel):
 
 
 def scripted_factory(script: Script) -> Callable[[str, str, int], BaseChatModel]:
+    # Models are reused as the production factory reuses them (agents/deps.py): the script holds the state.
+    @functools.cache
     def make(tenant: str, purpose: str, max_tokens: int) -> BaseChatModel:
         return ScriptedChatModel(script=script, tenant=tenant, purpose=purpose)
 
@@ -135,21 +138,24 @@ class ToolLog:
 
 
 def test_tools(log: ToolLog) -> MCPServer:
-    """search_documents (canned hits), add, flaky (fails while fail_next > 0), slow_add, send_email."""
+    """search_documents (canned hits), add, flaky (fails while fail_next > 0), slow_add, send_email.
+
+    Asynchronous, as Orchestrion's own tools are (mcp_servers/): the SDK runs a synchronous tool in a worker
+    thread, a hop per call that the real search does not make."""
     server = MCPServer(name="testtools")
 
     @server.tool(description="Search the caller's documents.")
-    def search_documents(query: str, k: int = 5, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def search_documents(query: str, k: int = 5, filters: dict[str, Any] | None = None) -> dict[str, Any]:
         log.calls.append(("search_documents", acting_tenant(), {"query": query, "k": k, "filters": filters}))
         return {"hits": [dict(h) for h in log.hits[:k]]}
 
     @server.tool(description="Add two integers.")
-    def add(a: int, b: int) -> dict[str, int]:
+    async def add(a: int, b: int) -> dict[str, int]:
         log.calls.append(("add", acting_tenant(), {"a": a, "b": b}))
         return {"sum": a + b}
 
     @server.tool(description="Fails while the test says so.")
-    def flaky(x: int) -> dict[str, int]:
+    async def flaky(x: int) -> dict[str, int]:
         log.calls.append(("flaky", acting_tenant(), {"x": x}))
         if log.fail_next > 0:
             log.fail_next -= 1
@@ -164,7 +170,7 @@ def test_tools(log: ToolLog) -> MCPServer:
         return {"sum": a + b}
 
     @server.tool(description="Send an email (needs approval).")
-    def send_email(to: str, body: str) -> dict[str, str]:
+    async def send_email(to: str, body: str) -> dict[str, str]:
         log.calls.append(("send_email", acting_tenant(), {"to": to, "body": body}))
         return {"sent": to}
 
