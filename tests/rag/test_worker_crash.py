@@ -94,6 +94,8 @@ def test_whole_worker_crash_job_is_redelivered_to_the_next_worker(
         "ORCHESTRION_CELERY__VISIBILITY_TIMEOUT_S": "40",
         "ORCHESTRION_CELERY__TASK_TIME_LIMIT_S": "35",
         "ORCHESTRION_CELERY__TASK_SOFT_TIME_LIMIT_S": "30",
+        # A long tool call must fit inside the task's soft limit, or settings refuse to load.
+        "ORCHESTRION_AGENTS__LONG_TOOL_TIMEOUT_S": "25",
     }
     tenant = f"crash-{uuid.uuid4().hex[:8]}"
     provision(crash_rag, tenant)
