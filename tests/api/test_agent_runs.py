@@ -56,10 +56,12 @@ class CuttingProxy:
             seen, streaming = 0, False
             with contextlib.suppress(Exception):
                 while data := await src.read(4096):
-                    streaming = streaming or (watch and b"text/event-stream" in data)
+                    headers = watch and not streaming and b"text/event-stream" in data
+                    streaming = streaming or headers
                     if streaming and self.cuts == 0:
                         seen += len(data)
-                        if seen > self.cut_after:
+                        # Never the chunk with the headers: the client must have the Location to reconnect to.
+                        if seen > self.cut_after and not headers:
                             self.cuts += 1
                             break
                     dst.write(data)
