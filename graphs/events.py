@@ -19,6 +19,7 @@ from routing.redis_loop import LoopRedis
 
 END = "end"
 MAX_EVENTS = 100_000  # per run: a runaway stream is trimmed, never unbounded
+LIVE_TTL_S = 24 * 3600  # beyond `ttl_s`, while the run goes on (renewed by every entry)
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,30 @@ class RunEvents:
         body = to_json(data)
         if rename is not None:
             body = body.replace(to_json(rename[0]), to_json(rename[1]))
-        entry = await self.redis.client().xadd(
-            self.key(run_id), {"e": event, "d": body}, maxlen=MAX_EVENTS, approximate=True
-        )
+        pipe = self.redis.client().pipeline(transaction=False)
+        pipe.xadd(self.key(run_id), {"e": event, "d": body}, maxlen=MAX_EVENTS, approximate=True)
+        pipe.expire(self.key(run_id), self.ttl_s + LIVE_TTL_S)  # a stream whose run never ends still goes
+        entry, _ = await pipe.execute()
         return entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    async def newest(self, run_id: str) -> RunEvent | None:
+        raw: Any = await self.redis.client().xrevrange(self.key(run_id), count=1)
+        return _event(*raw[0]) if raw else None
+
+    async def last(self, run_id: str, event: str, scan: int = 2000) -> RunEvent | None:
+        """The newest entry named `event` among the last `scan` entries, or None."""
+        before, seen = "+", 0
+        while seen < scan:
+            raw: Any = await self.redis.client().xrevrange(self.key(run_id), max=before, count=200)
+            if not raw:
+                return None
+            for entry_id, fields in raw:
+                found = _event(entry_id, fields)
+                if found.event == event:
+                    return found
+            seen += len(raw)
+            before = "(" + _event(*raw[-1]).id
+        return None
 
     async def end(self, run_id: str, status: str) -> None:
         """The last entry, written once the run's outcome is recorded; then the stream expires in `ttl_s`."""

@@ -46,6 +46,10 @@ class Execution:
             try:
                 if await self.store.renew_lease(self.run_id, self.owner, self.ttl_s):
                     renewed = time.monotonic()
+                    # The flag too: a cancellation published while this process's listener reconnected.
+                    action = await self.store.cancel_requested(self.run_id)
+                    if action:
+                        self.cancel(action)
                     continue
             except Exception:  # noqa: BLE001 - a Redis blip: try again while the lease may still be ours
                 if time.monotonic() - renewed < self.ttl_s:

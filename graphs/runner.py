@@ -84,7 +84,10 @@ def question_of(graph_input: Any) -> str:
         raise InvalidInputError('the input must be an object: {"question": "..."} or {"messages": [...]}')
     if isinstance(graph_input.get("question"), str):
         return str(graph_input["question"])
-    for message in reversed(graph_input.get("messages") or []):
+    messages = graph_input.get("messages") or []
+    if not isinstance(messages, list):
+        raise InvalidInputError('"messages" must be a list of {"role": ..., "content": ...}')
+    for message in reversed(messages):
         role = message.get("role") or message.get("type") if isinstance(message, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if role in ("user", "human") and isinstance(content, str):
@@ -100,6 +103,7 @@ class Runner:
     settings: AgentSettings
     dispatch: Dispatch | None = None
     events: RunEvents | None = None  # the runs' event streams (graphs/events.py) that API clients read
+    queued_grace_s: float = 3600.0  # how long a dispatched run may wait in the queue before it counts as lost
     _executing: dict[str, Execution] = field(init=False, default_factory=dict)
     _resuming: set[str] = field(init=False, default_factory=set)
     _background: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
@@ -371,8 +375,10 @@ class Runner:
         """Make the thread's state what it was before the run: the last checkpoint written before its input."""
         async for snapshot in self.graph.aget_state_history(thread_config(run)):
             if (snapshot.metadata or {}).get("run_id") != run.run_id:
-                await self.graph.aupdate_state(snapshot.config, snapshot.values, as_node="__start__")
+                # a copy of that checkpoint as the newest: no reducer runs again, nothing is pending
+                await self.graph.aupdate_state(snapshot.config, None, as_node="__copy__")
                 return
+        await self.checkpointer.adelete_thread(checkpoint_thread(run.tenant, run.thread_id))  # its first run
 
     async def _release(self, run: RunRecord) -> None:
         """Free the run's thread; the run queued next on it starts (dispatched, or here)."""
@@ -389,6 +395,8 @@ class Runner:
     async def _start(self, run_id: str) -> None:
         if self.dispatch is not None:
             await self.dispatch(run_id)
+            # In the queue now, which redelivers it if a worker dies holding it: not an orphan while it waits.
+            await self.store.defer(run_id, self.queued_grace_s)
             return
         task = asyncio.create_task(self._resume(run_id))
         self._background.add(task)
@@ -450,12 +458,18 @@ class Runner:
             delay = min(0.5, delay * 2)
 
     async def listen_for_cancellations(self) -> None:
-        """Cancellations asked anywhere reach the execution in this process (a worker, an API server)."""
-        async for run_id, action in self.store.cancellations():
-            execution = self._executing.get(run_id)
-            if execution is not None:
-                log.info("cancelling run %s (%s) as asked", run_id, action)
-                execution.cancel(action)
+        """Cancellations asked anywhere reach the execution in this process (a worker, an API server). Redis
+        going away only pauses this: what was published meanwhile reaches the run by its flag (graphs/lease.py)."""
+        while True:
+            try:
+                async for run_id, action in self.store.cancellations():
+                    execution = self._executing.get(run_id)
+                    if execution is not None:
+                        log.info("cancelling run %s (%s) as asked", run_id, action)
+                        execution.cancel(action)
+            except Exception:
+                log.warning("the cancellation channel failed; listening again", exc_info=True)
+            await anyio.sleep(1)
 
     # reading
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
@@ -510,6 +524,11 @@ class Runner:
                 continue
             if run.status not in (PENDING, RUNNING):
                 await self.store.forget_lease(run_id)
+                if await self.store.active_run(run.tenant, run.thread_id) == run_id and not run.interrupts:
+                    # settled, but its process died before it let go of the thread: end it properly now
+                    log.info("run %s settled without freeing its thread; freeing it", run_id)
+                    await self._end(run)
+                    await self._release(run)
                 continue
             if not await self.store.claim_orphan(run_id, self.settings.run_lease_s):
                 continue  # another process claimed it first

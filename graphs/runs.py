@@ -115,6 +115,12 @@ if tonumber(due) > ms then return 0 end
 redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
+# KEYS: lease index, lease; ARGV: run id, ms. A run not being executed becomes due `ms` from now (if indexed).
+_DEFER = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local now = redis.call('TIME')
+return redis.call('ZADD', KEYS[1], 'XX', now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[2]), ARGV[1])
+"""
 # KEYS: thread's active-run key; ARGV: run id, ttl s. The run holding the thread after the call.
 _CLAIM_THREAD = """
 local holder = redis.call('GET', KEYS[1])
@@ -416,6 +422,9 @@ class RunStore:
             keys=[self._leases, self._lease(run_id)], args=[run_id, int(grace_s * 1000)]
         )
         return bool(claimed)
+
+    async def defer(self, run_id: str, seconds: float) -> None:
+        await self.redis.script(_DEFER)(keys=[self._leases, self._lease(run_id)], args=[run_id, int(seconds * 1000)])
 
     async def forget_lease(self, run_id: str) -> None:
         await self.redis.client().zrem(self._leases, run_id)

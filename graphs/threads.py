@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from langgraph.errors import InvalidUpdateError
 from langgraph.types import StateSnapshot
 
 from core.errors import ConflictError, InvalidInputError, NotFoundError
@@ -112,7 +113,7 @@ async def update(
         raise InvalidInputError(f"unknown node {as_node!r}: the graph's nodes are {sorted(runner.graph.nodes)}")
     try:
         written = await runner.graph.aupdate_state(_config(tenant, thread_id, checkpoint_id), values, as_node=as_node)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, InvalidUpdateError) as exc:
         raise InvalidInputError(f"the state update was refused: {exc}") from exc
     return {"checkpoint": _checkpoint(written, thread_id)}
 

@@ -77,6 +77,7 @@ async def open_host(
                     await anyio.to_thread.run_sync(queue.send_run, run_id)
 
                 runner = host.runner = Runner(deps, store, checkpointer, settings.agents, dispatch, events)
+                runner.queued_grace_s = settings.celery.visibility_timeout_s
                 if recover_runs:
 
                     async def recover() -> None:

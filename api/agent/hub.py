@@ -20,6 +20,7 @@ from graphs.events import END, RunEvent, RunEvents
 
 log = logging.getLogger(__name__)
 START = "0-0"
+PAGE = 500
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -52,11 +53,15 @@ class StreamHub:
         `idle_s` without an entry, so the caller can send a heartbeat or look at the run."""
         follower = _Follower(after)
         cursor = after
-        for event in await self._read(run_id, cursor):  # what is there already
-            cursor = follower.cursor = event.id
-            yield event
-            if event.event == END:
-                return
+        while True:  # what is there already, a page at a time
+            page = await self.events.after(run_id, cursor, count=PAGE)
+            for event in page:
+                cursor = follower.cursor = event.id
+                yield event
+                if event.event == END:
+                    return
+            if len(page) < PAGE:
+                break
         self._join(run_id, follower)
         try:
             while True:
@@ -66,14 +71,7 @@ class StreamHub:
                 except TimeoutError:
                     woke = False
                 follower.wake.clear()
-                batches, follower.batches = follower.batches, []
-                fresh: list[RunEvent] = []
-                for read_after, entries in batches:
-                    position = fresh[-1].id if fresh else cursor
-                    if entry_key(read_after) > entry_key(position):  # the reader skipped entries we lack
-                        fresh.extend(await self._read(run_id, position))
-                        break
-                    fresh.extend(e for e in entries if entry_key(e.id) > entry_key(position))
+                fresh = await self._take(run_id, follower, cursor)
                 if not woke and not fresh:
                     fresh = await self._read(run_id, cursor)  # belt and braces: a quiet stream is read once
                     if not fresh:
@@ -87,12 +85,24 @@ class StreamHub:
         finally:
             self._leave(run_id, follower)
 
+    async def _take(self, run_id: str, follower: _Follower, cursor: str) -> list[RunEvent]:
+        """The entries after `cursor` from the reader's batches, or read here where the batches leave a gap."""
+        batches, follower.batches = follower.batches, []
+        fresh: list[RunEvent] = []
+        for read_after, entries in batches:
+            position = fresh[-1].id if fresh else cursor
+            if entry_key(read_after) > entry_key(position):  # the reader skipped entries we lack
+                fresh.extend(await self._read(run_id, position))
+                break
+            fresh.extend(e for e in entries if entry_key(e.id) > entry_key(position))
+        return fresh
+
     async def _read(self, run_id: str, cursor: str) -> list[RunEvent]:
         out: list[RunEvent] = []
         while True:
-            page = await self.events.after(run_id, cursor, count=500)
+            page = await self.events.after(run_id, cursor, count=PAGE)
             out.extend(page)
-            if len(page) < 500:
+            if len(page) < PAGE:
                 return out
             cursor = page[-1].id
 

@@ -27,6 +27,7 @@ from api.agent.views import json_response, public, run_view
 from api.auth import Tenant
 from core.errors import ConflictError, InvalidInputError, NotFoundError
 from graphs.events import END, sse_comment, sse_event
+from graphs.runner import thread_config
 from graphs.runs import FINAL, PENDING, RUNNING, RunRecord
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ def graph_modes(body: RunCreate, background: bool) -> list[str]:
             )
         modes.append(MODES[mode])
     return list(dict.fromkeys(["values", *modes]))  # values always: /wait and /join answer with the last ones
+
+
+def requested(body: RunCreate) -> set[str]:
+    """The modes a streamed run's client asked for (values is recorded for /wait, not sent unasked)."""
+    return {MODES[m] for m in body.modes() if m in MODES}
 
 
 def _refuse_unsupported(body: RunCreate) -> None:
@@ -95,7 +101,10 @@ async def start_run(
         temporary=stateless and body.on_completion == "delete",
     )
     if outcome == "started":
-        await agent.runner.launch(run.run_id)
+        try:
+            await agent.runner.launch(run.run_id)
+        except Exception:  # recorded and due: lease recovery sends it once its start grace has passed
+            log.warning("could not send run %s to the queue now; it is sent by recovery", run.run_id, exc_info=True)
     return run
 
 
@@ -119,7 +128,7 @@ async def claimed_run(
         await asyncio.shield(agent.idempotency.release(claim))
         raise
     record = {"run_id": run.run_id, "body": orjson.dumps(run_view(run)).decode()}
-    await agent.idempotency.record(claim, **record)
+    await asyncio.shield(agent.idempotency.record(claim, **record))  # the run exists: so must its record
     return run, record
 
 
@@ -169,41 +178,37 @@ async def _sse(
     agent: AgentApi, run: RunRecord, after: str, only: set[str] | None, cancel_on_disconnect: bool
 ) -> AsyncIterator[bytes]:
     yield sse_event("metadata", {"run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1})
-    ended = False
     try:
         async for event in agent.hub.follow(run.run_id, after, agent.settings.heartbeat_s):
             if event is None:  # quiet: a heartbeat keeps proxies from closing the stream
                 yield sse_comment("heartbeat")
-                if await _ended_without_stream(agent, run):
-                    ended = True
-                    yield sse_event(END, {"run_id": run.run_id, "status": "unknown"})
+                status = await _settled(agent, run)
+                if status is not None:  # settled, and nothing came after: its `end` is lost or already read
+                    yield sse_event(END, {"run_id": run.run_id, "status": status})
                     return
                 continue
             if event.event == END:
-                ended = True
                 yield event.sse()
                 return
             if only is None or event.event in only or event.event == "error":
                 yield event.sse()
-    except Exception:  # the stream's own failure (Redis gone): the client gets an error event, not a cut
-        log.exception("streaming run %s failed", run.run_id)
-        yield sse_event("error", {"error": "StreamError", "message": "the event stream failed; reconnect to go on"})
-    finally:
-        if not ended and cancel_on_disconnect:  # the client went away mid-run (heartbeats never look like that)
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away (heartbeats never look like that)
+        if cancel_on_disconnect:
             task = asyncio.create_task(_cancel_quietly(agent, run))
             _cancellations.add(task)
             task.add_done_callback(_cancellations.discard)
+        raise
+    # Any other failure (Redis gone) cuts the connection on purpose: the SDK reconnects with Last-Event-ID and
+    # misses nothing, where an `error` event would end its stream.
 
 
-async def _ended_without_stream(agent: AgentApi, run: RunRecord) -> bool:
-    """A run that settled and whose stream is gone (expired, or never written): nothing more will come."""
+async def _settled(agent: AgentApi, run: RunRecord) -> str | None:
+    """The run's status once it no longer runs (`gone` when its record is), else None."""
     try:
         current = await agent.runner.store.run(run.run_id)
     except NotFoundError:
-        return True
-    if current.status in (PENDING, RUNNING):
-        return False
-    return not await agent.hub.events.exists(run.run_id)
+        return "gone"
+    return None if current.status in (PENDING, RUNNING) else current.status
 
 
 async def _cancel_quietly(agent: AgentApi, run: RunRecord) -> None:
@@ -218,22 +223,27 @@ async def _cancel_quietly(agent: AgentApi, run: RunRecord) -> None:
 async def _result(agent: AgentApi, run: RunRecord, tick: Callable[[], Awaitable[None]] | None = None) -> bytes:
     """The run's final values once it has ended (with `__interrupt__` when it waits for a decision, or
     `__error__` when it failed), as JSON."""
-    values = b"{}"
-    async for event in agent.hub.follow(run.run_id, START, agent.settings.heartbeat_s):
-        if event is None:
-            if tick is not None:
-                await tick()
-            if await _ended_without_stream(agent, run):
+    events = agent.hub.events
+    newest = await events.newest(run.run_id)
+    if newest is None or newest.event != END:
+        async for event in agent.hub.follow(run.run_id, newest.id if newest else START, agent.settings.heartbeat_s):
+            if event is None:
+                if tick is not None:
+                    await tick()
+                if await _settled(agent, run) is not None:
+                    break
+                continue
+            if event.event == END:
                 break
-            continue
-        if event.event == "values":
-            values = event.data
-        if event.event == END:
-            break
+    last_values = await events.last(run.run_id, "values")
     try:
         done = await agent.runner.store.run(run.run_id)
     except NotFoundError:  # rolled back: its thread is as before it
-        return values
+        return last_values.data if last_values else b"{}"
+    if last_values is not None:
+        values = last_values.data
+    else:  # the stream expired: the thread's state, when the run is still its last
+        values = await _state_values(agent, done)
     if done.status == "error":
         return orjson.dumps({"__error__": {"error": "RunError", "message": done.error}})
     if done.interrupts:
@@ -241,6 +251,17 @@ async def _result(agent: AgentApi, run: RunRecord, tick: Callable[[], Awaitable[
         merged["__interrupt__"] = done.interrupts
         return public(merged, done.tenant, done.thread_id)
     return values
+
+
+async def _state_values(agent: AgentApi, run: RunRecord) -> bytes:
+    try:
+        thread = await agent.runner.store.thread(run.tenant, run.thread_id)
+    except NotFoundError:
+        return b"{}"
+    if thread.last_run_id != run.run_id:
+        return b"{}"
+    snapshot = await agent.runner.graph.aget_state(thread_config(run))
+    return public(snapshot.values or {}, run.tenant, run.thread_id)
 
 
 def wait_response(agent: AgentApi, run: RunRecord) -> StreamingResponse:
@@ -263,6 +284,7 @@ def wait_response(agent: AgentApi, run: RunRecord) -> StreamingResponse:
         try:
             while (chunk := await queue.get()) is not None:
                 yield chunk
+            await task  # its failure cuts the connection: the SDK reconnects to the join in `Location`
         finally:
             task.cancel()
 
@@ -299,7 +321,7 @@ async def stream_run(
     run, _ = await claimed_run(
         agent, request, caller, idempotency_key, lambda: start_run(agent, caller, thread_id, body, False)
     )
-    return stream_response(agent, run, cancel_on_disconnect=body.on_disconnect == "cancel")
+    return stream_response(agent, run, only=requested(body), cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
 @router.post("/threads/{thread_id}/runs/wait", summary="Start a run and answer with its final values")
@@ -335,7 +357,7 @@ async def stream_stateless_run(
     run, _ = await claimed_run(
         agent, request, caller, idempotency_key, lambda: start_run(agent, caller, None, body, False)
     )
-    return stream_response(agent, run, cancel_on_disconnect=body.on_disconnect == "cancel")
+    return stream_response(agent, run, only=requested(body), cancel_on_disconnect=body.on_disconnect == "cancel")
 
 
 @router.post("/runs/wait", summary="Start a stateless run and answer with its final values")
