@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx
 import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import FastAPI
@@ -17,6 +18,11 @@ from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.agent import assistants, runs, threads
+from api.agent.admission import Admission
+from api.agent.deps import AgentApi
+from api.agent.hub import StreamHub
+from api.agent.idempotency import Idempotency
 from api.documents import router as documents_router
 from api.errors import install_error_handlers
 from core.heap import freeze_startup_heap
@@ -30,7 +36,7 @@ from observability.metrics import render_latest
 from rag.embedding import warm_up
 from rag.services import RagServices
 from workers.app import queue_depth
-from workers.host import HostOpener
+from workers.host import Host, HostOpener
 
 log = logging.getLogger(__name__)
 MCP_PATH = "/mcp"
@@ -123,6 +129,10 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
                 freeze_startup_heap()
                 async with anyio.create_task_group() as background, mcp.session_manager.run():
                     background.start_soon(_offload_idle_tenants, host.services.rag)
+                    agent = _agent_api(settings, host)
+                    if agent is not None:
+                        app.state.agent_api = agent
+                        background.start_soon(agent.hub.serve)
                     yield
                     background.cancel_scope.cancel()
         finally:
@@ -132,6 +142,8 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
     app.add_middleware(MetricsMiddleware)
     install_error_handlers(app)
     app.include_router(documents_router)
+    for agent_routes in (assistants.router, threads.router, runs.router):
+        app.include_router(agent_routes)
 
     @app.get("/healthz", summary="Liveness and the reachability of Redis")
     async def healthz() -> JSONResponse:
@@ -142,6 +154,12 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
         healthy = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+
+    @app.get("/readyz", summary="Ready to serve runs: Redis, Weaviate and a model reachable")
+    async def readyz() -> JSONResponse:
+        checks = await _readiness(app.state.host)
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
 
     # Sync on purpose: FastAPI runs it in a thread, so the queue-depth reads from Redis
     # never block the event loop that serves MCP calls.
@@ -154,6 +172,61 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
     # with its own middleware (transport security, bearer auth) intact.
     app.mount("/", mcp_app)
     return McpFastPath(app, mcp_app, MCP_PATH)
+
+
+def _agent_api(settings: Settings, host: Host) -> AgentApi | None:
+    runner = host.runner
+    if runner is None or runner.events is None:
+        return None
+    redis, prefix = runner.store.redis, settings.redis.key_prefix
+    return AgentApi(
+        runner,
+        StreamHub(runner.events, settings.runs.stream_poll_ms),
+        Idempotency(redis, prefix, settings.runs.idempotency_ttl_s),
+        Admission(redis, runner.store, prefix, settings.runs),
+        settings.runs,
+    )
+
+
+async def _readiness(host: Host) -> dict[str, str]:
+    """Each dependency a run needs, checked now (a few seconds at most each)."""
+    checks: dict[str, str] = {}
+
+    async def check(name: str, probe: Any) -> None:
+        try:
+            with anyio.fail_after(3):
+                await probe()
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised: this is the readiness check
+            checks[name] = f"unreachable: {type(exc).__name__}: {exc}"[:200]
+
+    async def redis_ping() -> None:
+        await host.store.redis.client().ping()
+
+    async def weaviate_ready() -> None:
+        if not await anyio.to_thread.run_sync(host.services.rag.store.client.is_ready):
+            raise ConnectionError("not ready")
+
+    async def model_reachable() -> None:
+        models = host.services.models
+        if models is None:
+            raise ConnectionError(host.services.models_error or "no model fleet")
+        urls = [d.base_url.rstrip("/") for d in models.fleet.deployments if d.base_url]
+        if not urls:
+            return  # hosted providers only: not probed (a probe would be a billed call)
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            for url in urls:
+                try:
+                    if (await client.get(f"{url}/models")).status_code < 500:
+                        return
+                except httpx.HTTPError:
+                    continue
+        raise ConnectionError(f"none of {len(urls)} model servers answered")
+
+    await check("redis", redis_ping)
+    await check("weaviate", weaviate_ready)
+    await check("model", model_reachable)
+    return checks
 
 
 async def _offload_idle_tenants(rag: RagServices) -> None:

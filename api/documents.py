@@ -6,44 +6,17 @@ import json
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import JSONResponse
 
-from core.errors import AuthenticationError, InvalidInputError
+from api.auth import Svc, Tenant
+from core.errors import InvalidInputError
 from operations import knowledge
-from operations.services import Services
 from rag.ingest import Submission
 from rag.search import SearchRequest
 
 router = APIRouter(prefix="/v1", tags=["documents"])
-
-
-def services(request: Request) -> Services:
-    found: Services = request.app.state.services
-    return found
-
-
-async def tenant(
-    request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
-) -> str:
-    """The caller's tenant, from its bearer token (or the `x-api-key` header LangGraph's SDK sends) and nothing
-    else. The registry answers from memory after a stat() of its file: no thread hop."""
-    scheme, _, token = (authorization or "").partition(" ")
-    given = token.strip() if scheme.lower() == "bearer" and token.strip() else (x_api_key or "").strip()
-    if not given:
-        raise AuthenticationError(
-            "send `Authorization: Bearer <token>` or `x-api-key: <token>` (tokens: `orchestrion tenants token NAME`)"
-        )
-    found = services(request).rag.registry.tenant_for_token(given)
-    if found is None:
-        raise AuthenticationError("unknown or revoked token")
-    return found
-
-
-Svc = Annotated[Services, Depends(services)]
-Tenant = Annotated[str, Depends(tenant)]
+MAX_OFFSET = 100_000  # Weaviate pages by offset; beyond this, filter instead
 
 
 @router.post("/documents", status_code=202, summary="Upload documents; each becomes an ingest job")
@@ -88,9 +61,12 @@ async def get_job(job_id: str, svc: Svc, caller: Tenant) -> dict[str, Any]:
 
 
 @router.get("/documents", summary="List documents, a page at a time")
-async def list_documents(svc: Svc, caller: Tenant, limit: int = 20, offset: int = 0) -> dict[str, Any]:
-    if not 1 <= limit <= 200 or offset < 0:
-        raise InvalidInputError("limit must be 1-200 and offset >= 0")
+async def list_documents(
+    svc: Svc,
+    caller: Tenant,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> dict[str, Any]:
     page = await knowledge.list_documents(svc, caller, limit, offset)
     return {"documents": [asdict(d) for d in page.documents]}
 

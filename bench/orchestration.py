@@ -251,8 +251,9 @@ async def real_ask() -> None:
                 marks: dict[str, float] = {}
                 started = time.perf_counter()
 
-                async def on_event(kind: str, data: dict[str, Any]) -> None:
-                    marks.setdefault(kind, time.perf_counter() - started)
+                async def on_event(mode: str, data: Any) -> None:
+                    if mode == "custom":
+                        marks.setdefault(data["event"], time.perf_counter() - started)
 
                 done = await runner.ask("bench", "How do idempotency keys prevent a double charge?", on_event=on_event)
                 total = time.perf_counter() - started

@@ -27,6 +27,10 @@ class IdempotencyKeyReusedError(InvalidInputError):
     """An Idempotency-Key came back with other content than it was first used for."""
 
 
+class ConflictError(OrchestrionError):
+    """The request conflicts with the current state (a busy thread that refuses another run)."""
+
+
 class NotFoundError(OrchestrionError):
     """The thing asked for does not exist for this caller (another tenant's things never exist)."""
 

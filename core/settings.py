@@ -153,6 +153,29 @@ class ServerSettings(BaseModel):
     log_format: Literal["json", "console"] = Field(default="json", description="Server log format.")
 
 
+class RunApiSettings(BaseModel):
+    """Admission, idempotency and streaming of the agent API's runs (api/agent/)."""
+
+    runs_queue_limit: int = Field(
+        default=500, ge=1, description="Runs waiting in the `runs` queue beyond which new runs get 429."
+    )
+    tenant_inflight_limit: int = Field(
+        default=50, ge=1, description="Runs of one tenant pending or running at once beyond which its new runs get 429."
+    )
+    tenant_rate_per_s: float = Field(default=20.0, gt=0, description="Runs a tenant may start per second (refill).")
+    tenant_burst: int = Field(default=40, ge=1, description="Runs a tenant may start at once (the bucket's size).")
+    idempotency_ttl_s: int = Field(
+        default=24 * 3600, ge=60, description="How long an Idempotency-Key and its stored answer are kept."
+    )
+    events_ttl_s: int = Field(
+        default=3600, ge=10, description="How long a run's event stream stays readable after the run ends."
+    )
+    heartbeat_s: float = Field(default=5.0, gt=0, description="Quiet seconds after which a stream sends a comment.")
+    stream_poll_ms: int = Field(
+        default=100, ge=5, le=5000, description="How long the process's stream reader blocks on Redis per read."
+    )
+
+
 class RagSettings(BaseModel):
     embedding_model: str = Field(
         default="all-MiniLM-L6-v2",
@@ -362,6 +385,7 @@ class Settings(BaseSettings):
     tenants: TenantsSettings = Field(default_factory=TenantsSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    runs: RunApiSettings = Field(default_factory=RunApiSettings)
 
     @field_validator("celery")
     @classmethod

@@ -98,9 +98,10 @@ class _Progress:
         self.done = 0
         self.total: float | None = None
 
-    async def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if self.ctx is None:
+    async def __call__(self, mode: str, data: Any) -> None:
+        if self.ctx is None or mode != "custom" or not isinstance(data, dict):
             return
+        kind = data.get("event")
         if kind == "plan":
             steps = data.get("steps") or []
             self.total = self.done + len(steps) + 1

@@ -20,6 +20,7 @@ from core.errors import OrchestrionError
 from core.settings import Settings
 from core.stack import resolve_endpoints
 from graphs.checkpointer import open_checkpointer
+from graphs.events import RunEvents
 from graphs.runner import Runner
 from graphs.runs import RunStore
 from mcp_servers.context import ServerDeps
@@ -70,7 +71,13 @@ async def open_host(
             host = Host(settings, services, queue, toolbox, store, long_calls=long_calls)
             if services.models is not None:
                 deps = routed_deps(services.models, toolbox, settings.agents, long_calls)
-                runner = host.runner = Runner(deps, store, checkpointer, settings.agents)
+                events = RunEvents(redis, prefix, settings.runs.events_ttl_s)
+
+                async def dispatch(run_id: str) -> None:
+                    await anyio.to_thread.run_sync(queue.send_run, run_id)
+
+                runner = host.runner = Runner(deps, store, checkpointer, settings.agents, dispatch, events)
+                runner.queued_grace_s = settings.celery.visibility_timeout_s
                 if recover_runs:
 
                     async def recover() -> None:

@@ -167,10 +167,23 @@ def start_worker(env: dict[str, str], log_dir: Path, concurrency: int = 2) -> tu
     return process, WorkerHandle(settings, app, hostname, f"http://127.0.0.1:{metrics_port}/metrics", env["REDIS_URL"])
 
 
+def agent_env(local_llm: str) -> dict[str, str]:
+    """Agent runs on the real local model, with short answers (the tests are about the API, not the prose) and a
+    short lease, so a run whose worker is killed is resumed within seconds."""
+    return {
+        "ORCHESTRION_MODELS__LOCAL_LLM_URL": local_llm,
+        "ORCHESTRION_AGENTS__ANSWER_MAX_TOKENS": "64",
+        "ORCHESTRION_AGENTS__RUN_LEASE_S": "6",
+        "ORCHESTRION_AGENTS__RECOVERY_INTERVAL_S": "1",
+        "ORCHESTRION_RUNS__HEARTBEAT_S": "1",
+    }
+
+
 @pytest.fixture(scope="session")
-def celery_worker(stack_env: dict[str, str], services_dir: Path) -> Iterator[WorkerHandle]:
-    """The session's real `orchestrion worker`; its spans go to the session's OTLP receiver."""
-    process, handle = start_worker(stack_env, services_dir / "logs")
+def celery_worker(stack_env: dict[str, str], services_dir: Path, local_llm: str) -> Iterator[WorkerHandle]:
+    """The session's real `orchestrion worker`; its spans go to the session's OTLP receiver, and its agent runs
+    use the real local model."""
+    process, handle = start_worker({**stack_env, **agent_env(local_llm)}, services_dir / "logs")
     yield handle
     process.stop()
 
@@ -213,19 +226,23 @@ def api_server(
 ) -> Iterator[ApiServer]:
     """A real `orchestrion serve` process (HTTP API and MCP at /mcp) on the session's services,
     with the real local model behind its router."""
+    process, server = start_api({**stack_env, **agent_env(local_llm)}, services_dir / "logs", "api")
+    yield server
+    process.stop()
+
+
+def start_api(env: dict[str, str], log_dir: Path, name: str) -> tuple[ManagedProcess, ApiServer]:
     port = free_port()
-    env = {**stack_env, "ORCHESTRION_SERVER__PORT": str(port), "ORCHESTRION_MODELS__LOCAL_LLM_URL": local_llm}
+    env = {**env, "ORCHESTRION_SERVER__PORT": str(port)}
     url = f"http://127.0.0.1:{port}"
     spec = services.ServiceSpec(
-        name="api",
+        name=name,
         argv=[sys.executable, "-m", "orchestrion", "serve"],
         env=env,
         healthy=services.http_ok(f"{url}/healthz"),
-        start_timeout_s=240.0,  # torch's import alone takes minutes on a contended 2-core machine
+        start_timeout_s=240.0,  # the embedder's and SDKs' imports take a minute on a contended 2-core machine
     )
-    process = launch(spec, services_dir / "logs", CONSOLE)
-    yield ApiServer(url, env)
-    process.stop()
+    return launch(spec, log_dir, CONSOLE), ApiServer(url, env)
 
 
 def _postgres_bin() -> Path:

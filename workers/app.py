@@ -16,6 +16,7 @@ TASK_ROUTES = {
 DEFAULT_QUEUE = "default"
 INGEST_TASK = "orchestrion.ingest.document"
 TOOL_TASK = "orchestrion.tools.call"
+RUN_TASK = "orchestrion.runs.execute"
 UNACKED_SWEEP_S = 5
 
 
@@ -32,7 +33,12 @@ def create_celery_app(settings: Settings, redis_url: str) -> Celery:
         "unacked_restore_interval": UNACKED_SWEEP_S,
         "unacked_restore_throttle": 1,
     }
-    app = Celery("orchestrion", broker=redis_url, backend=redis_url, include=["workers.tasks", "workers.tool_tasks"])
+    app = Celery(
+        "orchestrion",
+        broker=redis_url,
+        backend=redis_url,
+        include=["workers.tasks", "workers.tool_tasks", "workers.run_tasks"],
+    )
     app.conf.update(
         task_serializer="json",
         result_serializer="json",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from core.settings import Settings
 from core.stack import resolve_endpoints
 from rag.services import RagServices, open_rag
-from workers.app import INGEST_TASK, TOOL_TASK, create_celery_app, queue_depth
+from workers.app import INGEST_TASK, RUN_TASK, TOOL_TASK, create_celery_app, queue_depth
 from workers.fair_dispatch import fair_tasks
 from workers.fair_queue import FairQueue
 from workers.instrumentation import instrument_producer
@@ -29,6 +29,10 @@ class QueueClient:
     def send_tool_call(self, call_id: str) -> None:
         # The Celery task id is the call id (run id + step id): the same step never makes a second task.
         self.app.send_task(TOOL_TASK, args=[call_id], task_id=call_id, ignore_result=True)
+
+    def send_run(self, run_id: str) -> None:
+        # The task id is the run id: a run's task is found by its id, and its trace links to the run.
+        self.app.send_task(RUN_TASK, args=[run_id], task_id=run_id, ignore_result=True)
 
     def ingest_depth(self) -> int:
         return queue_depth(self.app, "ingest")

@@ -42,7 +42,7 @@ def test_retried_upload_with_the_same_key_is_one_job(rag: RagServices, tenant: s
     assert again["job_id"] == job["job_id"]  # the double charge that does not happen
     other = {"files": ("guide.md", b"# Another guide\n\nOther content.", "text/markdown")}
     reused = httpx.post(f"{api_server.url}/v1/documents", headers=headers, files=other, data=data, timeout=60)
-    assert reused.status_code == 422 and "was used for other content" in reused.json()["error"], reused.text
+    assert reused.status_code == 422 and "was used for other content" in reused.json()["message"], reused.text
     done = _wait_done(api_server.url, headers, job["job_id"])
     assert done["state"] == "done" and done["progress"] == 1.0
     listed = httpx.get(f"{api_server.url}/v1/documents", headers=headers).json()["documents"]
@@ -85,13 +85,13 @@ def test_bad_uploads_get_clear_4xx_answers(rag: RagServices, tenant: str, api_se
         return httpx.post(f"{api}/v1/documents", headers=headers, files={"files": (name, content)}, data=data)
 
     unsupported = upload("slides.pptx", b"PK\x03\x04...")
-    assert unsupported.status_code == 400 and "unsupported" in unsupported.json()["error"]
+    assert unsupported.status_code == 400 and "unsupported" in unsupported.json()["message"]
     bad_meta = upload("a.md", b"# A", metadata="{not json")
-    assert bad_meta.status_code == 400 and "metadata is not valid JSON" in bad_meta.json()["error"]
+    assert bad_meta.status_code == 400 and "metadata is not valid JSON" in bad_meta.json()["message"]
     bad_filter = httpx.post(f"{api}/v1/search", headers=headers, json={"query": "x", "k": 500})
-    assert bad_filter.status_code == 422 and "k" in bad_filter.json()["error"]
+    assert bad_filter.status_code == 422 and "k" in bad_filter.json()["message"]
     missing = httpx.get(f"{api}/v1/jobs/not-a-job", headers=headers)
-    assert missing.status_code == 404 and "no ingest job" in missing.json()["error"]
+    assert missing.status_code == 404 and "no ingest job" in missing.json()["message"]
     assert "Traceback" not in unsupported.text + bad_meta.text + bad_filter.text + missing.text
 
 
@@ -117,7 +117,7 @@ def test_full_ingest_queue_answers_429_with_retry_after(
         assert first.status_code == 202
         assert second.status_code == 429
         assert int(second.headers["Retry-After"]) >= 1
-        assert "retry after" in second.json()["error"]
+        assert "retry after" in second.json()["message"]
         job_id = first.json()["jobs"][0]["job_id"]
         assert httpx.get(f"{url}/v1/jobs/{job_id}", headers=headers).json()["state"] == "queued"  # kept
     finally:

@@ -34,8 +34,9 @@ class Harness:
     toolbox: Toolbox
     events: list[tuple[str, dict[str, Any]]]
 
-    async def record(self, kind: str, data: dict[str, Any]) -> None:
-        self.events.append((kind, data))
+    async def record(self, mode: str, data: Any) -> None:
+        if mode == "custom":  # the agents' progress events
+            self.events.append((data["event"], data))
 
 
 @asynccontextmanager

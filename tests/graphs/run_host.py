@@ -41,6 +41,7 @@ async def main(mode: str, script_path: str, target: str) -> None:
     async with open_host(settings, "runner", recover_runs=False) as host, anyio.create_task_group() as group:
         runner = host.require_runner()
         runner.deps.chat = scripted_factory(_script(script_path))
+        runner.dispatch = None  # this process resumes the orphaned run itself (no worker has the scripted model)
 
         async def plans(_: str) -> bool:
             return True
