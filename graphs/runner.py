@@ -275,20 +275,33 @@ class Runner:
         self, run: RunRecord, graph_input: Any, config: Any, context: RunContext, on_event: OnEvent | None
     ) -> None:
         options = run.options
-        modes: Any = [m for m in options.get("stream_mode") or ASK_STREAM_MODES if m in STREAM_MODES]
-        stream: Any = self.graph.astream(
-            graph_input,
-            config,
-            context=context,
-            stream_mode=modes or list(ASK_STREAM_MODES),
-            durability=options.get("durability") or "sync",
-            interrupt_before=options.get("interrupt_before"),
-            interrupt_after=options.get("interrupt_after"),
-            subgraphs=False,
-        )
-        async with aclosing(stream):
-            async for mode, chunk in stream:
-                if on_event is not None:
+        wanted = options.get("stream_mode") or ASK_STREAM_MODES
+        modes: Any = [m for m in wanted if m in STREAM_MODES] or list(ASK_STREAM_MODES)
+        arguments: Any = {
+            "context": context,
+            "stream_mode": modes,
+            "durability": options.get("durability") or "sync",
+            "interrupt_before": options.get("interrupt_before"),
+            "interrupt_after": options.get("interrupt_after"),
+            "subgraphs": False,
+        }
+        if "events" not in wanted:
+            stream: Any = self.graph.astream(graph_input, config, **arguments)
+            async with aclosing(stream):
+                async for mode, chunk in stream:
+                    if on_event is not None:
+                        await _forward(on_event, mode, chunk)
+            return
+        # LangChain's event stream: every event as `events`, and the graph's own stream parts (the root's
+        # on_chain_stream chunks) as their modes, from one execution.
+        events: Any = self.graph.astream_events(graph_input, config, version="v2", **arguments)
+        async with aclosing(events):
+            async for event in events:
+                if on_event is None:
+                    continue
+                await _forward(on_event, "events", event)
+                if event["event"] == "on_chain_stream" and not event.get("parent_ids"):
+                    mode, chunk = event["data"]["chunk"]
                     await _forward(on_event, mode, chunk)
 
     def _sink(self, run: RunRecord, on_event: OnEvent | None) -> OnEvent | None:

@@ -36,7 +36,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)]
 # The SDK's names for LangGraph's stream modes: `messages-tuple` is LangGraph's `messages` ([chunk, metadata]).
 MODES = {"values": "values", "updates": "updates", "messages-tuple": "messages", "custom": "custom",
-         "debug": "debug", "tasks": "tasks", "checkpoints": "checkpoints"}  # fmt: skip
+         "debug": "debug", "tasks": "tasks", "checkpoints": "checkpoints", "events": "events"}  # fmt: skip
 BACKGROUND_MODES = ["values", "updates", "messages", "custom"]
 _cancellations: set[asyncio.Task[Any]] = set()
 
@@ -48,10 +48,6 @@ def graph_modes(body: RunCreate, background: bool) -> list[str]:
     for mode in body.modes():
         if mode == "messages":
             raise InvalidInputError('stream mode "messages" is not served: use "messages-tuple" ([chunk, metadata])')
-        if mode == "events":
-            raise InvalidInputError(
-                'stream mode "events" is not served: use "messages-tuple" for tokens and "debug" for steps'
-            )
         modes.append(MODES[mode])
     return list(dict.fromkeys(["values", *modes]))  # values always: /wait and /join answer with the last ones
 

@@ -69,6 +69,23 @@ async def test_stream_a_run_with_values_updates_and_tokens(
     assert shown["status"] == "idle" and shown["values"]["answer"] == final["answer"]
 
 
+async def test_stream_langchain_events_beside_values(agent_tenant: tuple[str, str], api_server: ApiServer) -> None:
+    _, token = agent_tenant
+    client = _client(api_server, token)
+    thread = await client.threads.create()
+    parts = [
+        p
+        async for p in client.runs.stream(
+            thread["thread_id"], "orchestration", input={"question": QUESTION}, stream_mode=["events", "values"]
+        )
+    ]
+    kinds = {p.data["event"] for p in parts if p.event == "events"}
+    assert {"on_chain_start", "on_chat_model_stream", "on_chain_end"} <= kinds, kinds
+    assert [p.data for p in parts if p.event == "values"][-1]["answer"]
+    raw = str([p.data for p in parts])
+    assert "/" + thread["thread_id"] not in raw  # the checkpointer's tenant/thread id never leaves
+
+
 async def test_wait_join_and_background_runs(agent_tenant: tuple[str, str], api_server: ApiServer) -> None:
     _, token = agent_tenant
     client = _client(api_server, token)
