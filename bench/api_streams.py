@@ -95,7 +95,7 @@ async def start_runs(agents: AgentStack, count: int, offset: int) -> list[dict[s
 
 
 def held_phase(
-    agents: AgentStack, sim: Simulator, redis_url: str, streams: int, runs: int, clients: int
+    agents: AgentStack, sim: Simulator, redis_url: str, streams: int, runs: int, clients: int, open_rate: float
 ) -> dict[str, Any]:
     sim.gate()
     calls_before = sim.calls()
@@ -115,7 +115,7 @@ def held_phase(
         run = created[i % runs]
         path = f"/threads/{run['thread_id']}/runs/{run['run_id']}/stream"
         jobs.append((agents.host, agents.port, request_bytes("GET", agents.host, agents.port, path, agents.token), ""))
-    fleet = open_streams(jobs, clients)
+    fleet = open_streams(jobs, clients, open_rate=open_rate)
     started = time.monotonic()
     try:
         connected = fleet.wait_connected()
@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="worker processes (`orchestrion worker`)")
     parser.add_argument("--own-runs", type=int, default=0, help="phase 2 runs (default 2x concurrency)")
     parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--open-rate", type=float, default=2000.0, help="streams opened per second, all clients")
     parser.add_argument("--delay", type=float, default=2.0, help="simulator: seconds before the first token")
     parser.add_argument("--gap", type=float, default=0.2, help="simulator: seconds between tokens")
     parser.add_argument("--tokens", type=int, default=10)
@@ -224,7 +225,7 @@ def main() -> None:
                 ERR.print(f"level {n}: bare SSE baseline…")
                 bare = hold_bare(n, args.clients)
                 ERR.print(f"level {n}: {n} streams over {runs} held runs…")
-                got = held_phase(agents, sim, stack.urls["redis_url"], n, runs, args.clients)
+                got = held_phase(agents, sim, stack.urls["redis_url"], n, runs, args.clients, args.open_rate)
                 p99, raw99 = percentile(got["added"], 99), percentile(got["raw_added"], 99)
                 ok = got["connected"] == n and got["ended"] == n and not got["errors"] and p99 < 100
                 met = met and ok
