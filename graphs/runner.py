@@ -119,7 +119,16 @@ class Runner:
         self, tenant: str, question: str, thread_id: str | None = None, *, on_event: OnEvent | None = None
     ) -> RunRecord:
         run = await self.start(tenant, question, thread_id)
-        return await self.execute(run.run_id, on_event=on_event)
+        return await self._execute_or_follow(tenant, run.run_id, on_event=on_event)
+
+    async def _execute_or_follow(self, tenant: str, run_id: str, **how: Any) -> RunRecord:
+        """Execute here; if this process loses the run's lease (it stalled), another process resumes the run
+        and the caller gets its outcome from there instead of an error."""
+        try:
+            return await self.execute(run_id, **how)
+        except RunLostError:
+            log.warning("run %s: lease lost here; waiting for the process that resumes it", run_id)
+            return await self.wait(tenant, run_id, timeout_s=self.settings.max_wall_s)
 
     async def start(self, tenant: str, question: str, thread_id: str | None = None) -> RunRecord:
         """A question on a thread (a new one when none is given), refused while another run holds the thread."""
@@ -435,7 +444,7 @@ class Runner:
             }
             for i in run.interrupts
         }
-        return await self.execute(run_id, resume=decisions, on_event=on_event)
+        return await self._execute_or_follow(tenant, run_id, resume=decisions, on_event=on_event)
 
     async def cancel(self, tenant: str, run_id: str, action: str = "interrupt", wait: bool = False) -> RunRecord:
         """Ask the run to stop (a queued run never starts); with `wait`, return once it has."""

@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from graphs.events import END, RunEvent, RunEvents
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 START = "0-0"
 PAGE = 500
 
@@ -43,6 +46,7 @@ class StreamHub:
         self._followers: dict[str, set[_Follower]] = {}
         self._cursors: dict[str, str] = {}  # run id -> the reader's position in its stream
         self._changed = asyncio.Event()
+        self._shared: dict[str, tuple[float, Any]] = {}
 
     @property
     def followed(self) -> int:
@@ -72,11 +76,9 @@ class StreamHub:
                     woke = False
                 follower.wake.clear()
                 fresh = await self._take(run_id, follower, cursor)
-                if not woke and not fresh:
-                    fresh = await self._read(run_id, cursor)  # belt and braces: a quiet stream is read once
-                    if not fresh:
-                        yield None
-                        continue
+                if not woke and not fresh:  # quiet (the reader reads for every follower: no read here)
+                    yield None
+                    continue
                 for event in fresh:
                     cursor = follower.cursor = event.id
                     yield event
@@ -84,6 +86,20 @@ class StreamHub:
                         return
         finally:
             self._leave(run_id, follower)
+
+    async def shared(self, key: str, fetch: Callable[[], Awaitable[T]], max_age_s: float = 1.0) -> T:
+        """`fetch()`'s answer, shared by every follower asking within `max_age_s` (a run's status, checked on
+        heartbeats: one read per run, not one per client)."""
+        now = time.monotonic()
+        known = self._shared.get(key)
+        if known is not None and now - known[0] < max_age_s:
+            return known[1]  # type: ignore[no-any-return]
+        value = await fetch()
+        self._shared[key] = (now, value)
+        if len(self._shared) > 10_000:
+            for stale in [k for k, (at, _) in self._shared.items() if now - at >= max_age_s]:
+                del self._shared[stale]
+        return value
 
     async def _take(self, run_id: str, follower: _Follower, cursor: str) -> list[RunEvent]:
         """The entries after `cursor` from the reader's batches, or read here where the batches leave a gap."""

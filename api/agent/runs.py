@@ -199,12 +199,17 @@ async def _sse(
 
 
 async def _settled(agent: AgentApi, run: RunRecord) -> str | None:
-    """The run's status once it no longer runs (`gone` when its record is), else None."""
-    try:
-        current = await agent.runner.store.run(run.run_id)
-    except NotFoundError:
-        return "gone"
-    return None if current.status in (PENDING, RUNNING) else current.status
+    """The run's status once it no longer runs (`gone` when its record is), else None; read once a second per
+    run however many clients follow it."""
+
+    async def fetch() -> str | None:
+        try:
+            current = await agent.runner.store.run(run.run_id)
+        except NotFoundError:
+            return "gone"
+        return None if current.status in (PENDING, RUNNING) else current.status
+
+    return await agent.hub.shared(f"settled:{run.run_id}", fetch)
 
 
 async def _cancel_quietly(agent: AgentApi, run: RunRecord) -> None:

@@ -426,3 +426,33 @@ def test_one_run_is_executed_by_one_process_at_a_time(valkey: str, tmp_path: Pat
             assert [p for p in script.purposes() if p == "answer"] == ["answer"]
 
     run(main)
+
+
+def test_an_ask_whose_process_loses_the_lease_answers_from_the_process_that_resumes_it(
+    valkey: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    script = Script(delays={"answer": 3.0}).on("plan", plan(retrieve("s1", "q"), answer("s2")))
+
+    async def main() -> None:
+        async with harness(valkey, tmp_path, script, run_lease_s=2) as h:
+            h.tools.hits = [hit("d", 0, 0.5, "passage")]
+            store = h.runner.store
+            asking = asyncio.create_task(h.runner.ask(TENANT, "Anything?"))
+            while not h.runner._executing:
+                await asyncio.sleep(0.02)
+            [run_id] = list(h.runner._executing)
+            # This process stalls past its lease: another one holds the run now.
+            await store.redis.client().set(store._lease(run_id), "another-process", px=1500)
+            while run_id in h.runner._executing:
+                await asyncio.sleep(0.05)
+            assert not asking.done()  # the ask waits instead of failing
+            await asyncio.sleep(1.6)  # that other process dies too: the run is orphaned, and resumed here
+            [found] = await h.runner.recover_once()
+            await h.runner._resume(found)
+            done = await asyncio.wait_for(asking, 30)
+            assert done.run_id == run_id and done.status == "success" and done.answer
+            assert done.executions == 2
+
+    run(main)
