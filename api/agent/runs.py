@@ -294,6 +294,27 @@ def wait_response(agent: AgentApi, run: RunRecord) -> StreamingResponse:
 
 
 # routes: creating
+async def _background(agent: AgentApi, request: Request, caller: str, key: str | None, thread_id: str | None,
+                      body: RunCreate) -> Response:  # fmt: skip
+    run, record = await claimed_run(
+        agent, request, caller, key, lambda: start_run(agent, caller, thread_id, body, True)
+    )
+    content = record["body"].encode() if record else orjson.dumps(run_view(run))
+    return Response(content, media_type="application/json", headers={"Content-Location": _paths(run)[0]})
+
+
+async def _streamed(agent: AgentApi, request: Request, caller: str, key: str | None, thread_id: str | None,
+                    body: RunCreate) -> Response:  # fmt: skip
+    run, _ = await claimed_run(agent, request, caller, key, lambda: start_run(agent, caller, thread_id, body, False))
+    return stream_response(agent, run, only=requested(body), cancel_on_disconnect=body.on_disconnect == "cancel")
+
+
+async def _waited(agent: AgentApi, request: Request, caller: str, key: str | None, thread_id: str | None,
+                  body: RunCreate) -> Response:  # fmt: skip
+    run, _ = await claimed_run(agent, request, caller, key, lambda: start_run(agent, caller, thread_id, body, False))
+    return wait_response(agent, run)
+
+
 @router.post("/threads/{thread_id}/runs", summary="Start a run in the background")
 async def create_run(
     thread_id: str,
@@ -303,11 +324,7 @@ async def create_run(
     caller: Tenant,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    run, record = await claimed_run(
-        agent, request, caller, idempotency_key, lambda: start_run(agent, caller, thread_id, body, True)
-    )
-    content = record["body"].encode() if record else orjson.dumps(run_view(run))
-    return Response(content, media_type="application/json", headers={"Content-Location": _paths(run)[0]})
+    return await _background(agent, request, caller, idempotency_key, thread_id, body)
 
 
 @router.post("/threads/{thread_id}/runs/stream", summary="Start a run and stream its events (SSE)")
@@ -319,10 +336,7 @@ async def stream_run(
     caller: Tenant,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    run, _ = await claimed_run(
-        agent, request, caller, idempotency_key, lambda: start_run(agent, caller, thread_id, body, False)
-    )
-    return stream_response(agent, run, only=requested(body), cancel_on_disconnect=body.on_disconnect == "cancel")
+    return await _streamed(agent, request, caller, idempotency_key, thread_id, body)
 
 
 @router.post("/threads/{thread_id}/runs/wait", summary="Start a run and answer with its final values")
@@ -334,41 +348,28 @@ async def wait_run(
     caller: Tenant,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    run, _ = await claimed_run(
-        agent, request, caller, idempotency_key, lambda: start_run(agent, caller, thread_id, body, False)
-    )
-    return wait_response(agent, run)
+    return await _waited(agent, request, caller, idempotency_key, thread_id, body)
 
 
 @router.post("/runs", summary="Start a stateless run in the background (its thread is deleted when it ends)")
 async def create_stateless_run(
     body: RunCreate, request: Request, agent: Agent, caller: Tenant, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    run, record = await claimed_run(
-        agent, request, caller, idempotency_key, lambda: start_run(agent, caller, None, body, True)
-    )
-    content = record["body"].encode() if record else orjson.dumps(run_view(run))
-    return Response(content, media_type="application/json", headers={"Content-Location": _paths(run)[0]})
+    return await _background(agent, request, caller, idempotency_key, None, body)
 
 
 @router.post("/runs/stream", summary="Start a stateless run and stream its events (SSE)")
 async def stream_stateless_run(
     body: RunCreate, request: Request, agent: Agent, caller: Tenant, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    run, _ = await claimed_run(
-        agent, request, caller, idempotency_key, lambda: start_run(agent, caller, None, body, False)
-    )
-    return stream_response(agent, run, only=requested(body), cancel_on_disconnect=body.on_disconnect == "cancel")
+    return await _streamed(agent, request, caller, idempotency_key, None, body)
 
 
 @router.post("/runs/wait", summary="Start a stateless run and answer with its final values")
 async def wait_stateless_run(
     body: RunCreate, request: Request, agent: Agent, caller: Tenant, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    run, _ = await claimed_run(
-        agent, request, caller, idempotency_key, lambda: start_run(agent, caller, None, body, False)
-    )
-    return wait_response(agent, run)
+    return await _waited(agent, request, caller, idempotency_key, None, body)
 
 
 # routes: reading and controlling
