@@ -31,6 +31,9 @@ from bench._agent_api import Simulator, bare_server, deploy_agents, pid_cpu_seco
 from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
 from bench._stack import add_env_option, bench_stack, env_from
 
+IN_PROCESS = "in-process"
+KINDS = ("bare", "api", IN_PROCESS)
+
 
 def _load_client(target: dict[str, Any], connections: int, seconds: float, seed: int, out: Any) -> None:
     async def one_connection(k: int, stop_at: float) -> tuple[list[float], list[str]]:
@@ -68,6 +71,65 @@ def _load_client(target: dict[str, Any], connections: int, seconds: float, seed:
     out.put(asyncio.run(main()))
 
 
+def _in_process_client(env: dict[str, str], tenant: str, connections: int, seconds: float, seed: int, out: Any) -> None:
+    """The same graph, services and model, run by `Runner.ask` in this process: no HTTP, no queue, no worker."""
+    import os
+
+    os.environ.update(env)
+    from core.settings import Settings
+    from orchestrion.wiring import open_host
+
+    async def main() -> tuple[list[float], list[str], float, float]:
+        async with open_host(Settings(), "bench-in-process", recover_runs=False) as host:
+            runner = host.runner
+            assert runner is not None
+            await runner.ask(tenant, f"warm-up {seed}")
+
+            async def one(k: int, stop_at: float) -> tuple[list[float], list[str]]:
+                latencies: list[float] = []
+                errors: list[str] = []
+                n = 0
+                while time.monotonic() < stop_at:
+                    n += 1
+                    started = time.monotonic()
+                    text = f"How do idempotency keys stop duplicate payments? in-q-{seed}-{k}-{n}"
+                    run = await runner.ask(tenant, text)
+                    latencies.append(time.monotonic() - started)
+                    if run.status != "success":
+                        errors.append(f"{run.status} {run.error}")
+                return latencies, errors
+
+            began, cpu = time.monotonic(), time.process_time()
+            done = await asyncio.gather(*(one(k, began + seconds) for k in range(connections)))
+            wall, cpu = time.monotonic() - began, time.process_time() - cpu
+        return [x for lat, _ in done for x in lat], [e for _, err in done for e in err], wall, cpu
+
+    out.put(asyncio.run(main()))
+
+
+def phase_in_process(
+    env: dict[str, str], tenant: str, processes: int, connections: int, seconds: float, seed: int
+) -> dict[str, Any]:
+    """`processes` host processes (as many as the worker has), each `connections` runs at a time."""
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_in_process_client, args=(env, tenant, connections, seconds, seed * 100 + i, out))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    latencies: list[float] = []
+    errors: list[str] = []
+    wall = cpu = 0.0
+    for _ in procs:
+        lat, err, took, used = out.get(timeout=seconds + 300)
+        latencies, errors, wall, cpu = latencies + lat, errors + err, max(wall, took), cpu + used
+    for p in procs:
+        p.join(30)
+    return {"latencies": latencies, "errors": errors, "wall": wall, "cpu": cpu}
+
+
 def phase(target: dict[str, Any], processes: int, connections: int, seconds: float, seed: int) -> dict[str, Any]:
     ctx = mp.get_context("fork")
     out = ctx.Queue()
@@ -90,6 +152,31 @@ def phase(target: dict[str, Any], processes: int, connections: int, seconds: flo
     return {"latencies": latencies, "errors": errors, "wall": wall}
 
 
+def measured_phase(
+    stack: Any, agents: Any, targets: dict[str, Any], bare_pid: int, kind: str, level: tuple[int, int],
+    args: argparse.Namespace, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """One phase, with the server CPU it cost: the API path's processes, the bare app's, or the in-process
+    hosts' own plus Valkey's and Weaviate's."""
+    procs, conns = level
+    cpu0, bare0 = stack.cpu_by_role(), pid_cpu_seconds(bare_pid)
+    seconds = args.seconds or (5.0 if args.quick else 15.0)
+    if kind == IN_PROCESS:
+        hosts = min(args.concurrency, procs * conns)
+        got = phase_in_process(agents.deployment.env, agents.tenant, hosts, procs * conns // hosts, seconds, seed)
+    else:
+        got = phase(targets[kind], procs, conns, seconds, seed)
+    cpu1 = stack.cpu_by_role()
+    got["roles"] = roles = {k: cpu1[k] - cpu0[k] for k in ("api", "workers", "redis", "weaviate")}
+    if kind == "api":
+        got["cpu"] = sum(roles.values())
+    elif kind == IN_PROCESS:
+        got["cpu"] += roles["redis"] + roles["weaviate"]
+    else:
+        got["cpu"] = pid_cpu_seconds(bare_pid) - bare0
+    return got
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.api_wait", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 5 s")
@@ -110,7 +197,7 @@ def main() -> None:
     kinds: dict[tuple[int, str], dict[str, Any]] = {
         (lvl, kind): {"latencies": [], "errors": [], "wall": 0.0, "cpu": 0.0, "roles": {}}
         for lvl in range(len(levels))
-        for kind in ("bare", "api")
+        for kind in KINDS
     }
     try:
         with bench_stack(keep=args.keep) as stack, bare_server() as (bare_port, _, bare_pid):
@@ -122,21 +209,16 @@ def main() -> None:
             }
             phase(targets["api"], 1, 2, 3.0, 99)  # warm-up: the first runs' imports, connections, model load
             with progress() as bar:
-                task = bar.add_task("bare / API phases", total=rounds * 2 * len(levels), detail="")
+                task = bar.add_task("bare / API / in-process phases", total=rounds * 3 * len(levels), detail="")
                 for r in range(rounds):
                     for lvl, (procs, conns) in enumerate(levels):
-                        for kind, target in targets.items():
-                            cpu0 = stack.cpu_by_role()
-                            bare0 = pid_cpu_seconds(bare_pid)
-                            got = phase(target, procs, conns, seconds, r * 10 + lvl * 2 + (kind == "api"))
-                            cpu1 = stack.cpu_by_role()
-                            roles = {k: cpu1[k] - cpu0[k] for k in ("api", "workers", "redis", "weaviate")}
+                        for kind in KINDS:
+                            seed = r * 10 + lvl * 3 + KINDS.index(kind)
+                            got = measured_phase(stack, agents, targets, bare_pid, kind, (procs, conns), args, seed)
                             acc = kinds[(lvl, kind)]
-                            acc["latencies"] += got["latencies"]
-                            acc["errors"] += got["errors"]
-                            acc["wall"] += got["wall"]
-                            acc["cpu"] += sum(roles.values()) if kind == "api" else pid_cpu_seconds(bare_pid) - bare0
-                            for k, v in roles.items():
+                            for key in ("latencies", "errors", "wall", "cpu"):
+                                acc[key] += got[key]
+                            for k, v in got["roles"].items():
                                 acc["roles"][k] = acc["roles"].get(k, 0.0) + v
                             rate = len(got["latencies"]) / got["wall"]
                             bar.update(task, advance=1, detail=f"{kind} x{procs * conns}: {rate:,.0f} req/s")
@@ -158,7 +240,7 @@ def report(
     rows, ratios = [], []
     for lvl, (procs, conns) in enumerate(levels):
         pair = []
-        for kind in ("bare", "api"):
+        for kind in KINDS:
             acc = kinds[(lvl, kind)]
             lat = acc["latencies"]
             pair.append(
@@ -180,18 +262,35 @@ def report(
                 pair[1][4] / pair[0][4],
                 pair[1][5] / pair[0][5],
                 pair[1][4] - pair[0][4],
+                pair[1][3] / pair[2][3],
+                pair[1][4] / pair[2][4],
+                pair[1][4] - pair[2][4],
             ]
         )
     OUT.print(
         table(
-            f"POST /runs/wait vs a bare uvicorn JSON endpoint, {rounds} x {seconds:.0f} s per kind and level, "
+            f"POST /runs/wait vs a bare uvicorn JSON endpoint and the same runs in process, {rounds} x {seconds:.0f} s "
+            "per kind and level, "
             f"worker concurrency {concurrency}",
             ["kind x connections", "requests", "errors", "req/s", "p50 ms", "p99 ms", "server CPU ms / req"],
             rows,
         )
     )
     OUT.print(
-        table("API / bare (same run)", ["level", "req/s ratio", "p50 ratio", "p99 ratio", "p50 added ms"], ratios)
+        table(
+            "API / bare and API / in-process (same run)",
+            [
+                "level",
+                "req/s vs bare",
+                "p50 vs bare",
+                "p99 vs bare",
+                "p50 added ms",
+                "req/s vs in-process",
+                "p50 vs in-process",
+                "p50 added over in-process ms",
+            ],
+            ratios,
+        )
     )
     loaded = kinds[(len(levels) - 1, "api")]
     n = max(1, len(loaded["latencies"]))
@@ -204,12 +303,13 @@ def report(
     )
     OUT.print(
         f"Model calls answered by the simulator: {calls}. Server CPU for the API counts the API, worker, "
-        "Valkey and Weaviate processes; for bare, its one process. Clients run on the same 2 cores."
+        "Valkey and Weaviate processes; for bare, its one process; in-process, its host processes (as many as "
+        "the worker's pool), Valkey and Weaviate. Clients run on the same 2 cores."
     )
     errors = [e for acc in kinds.values() for e in acc["errors"]]
     if errors:
         OUT.print(f"errors (first 5): {errors[:5]}")
-    api, bare = rows[-1], rows[-2]
+    api, bare, inproc = rows[-2], rows[-3], rows[-1]
     OUT.print(
         verdict(
             "bench.api_wait req/s API/bare",
@@ -217,7 +317,8 @@ def report(
             "0 errors (no throughput target)",
             not errors,
             f"API {api[3]:.1f} req/s p50 {api[4]:.0f} ms p99 {api[5]:.0f} ms at {levels[-1][0] * levels[-1][1]} "
-            f"connections, {rows[1][4]:.0f} ms p50 alone; bare {bare[3]:,.0f} req/s",
+            f"connections, {rows[1][4]:.0f} ms p50 alone; bare {bare[3]:,.0f} req/s; the same runs in process "
+            f"{inproc[3]:.1f} req/s p50 {inproc[4]:.0f} ms (API / in-process req/s {ratios[-1][5]:.3f})",
         )
     )
 

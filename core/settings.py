@@ -151,6 +151,12 @@ class ServerSettings(BaseModel):
         default=8401, ge=0, le=65535, description="Port of a standalone `orchestrion mcp serve --http`."
     )
     log_format: Literal["json", "console"] = Field(default="json", description="Server log format.")
+    backlog: int = Field(
+        default=4096,
+        ge=1,
+        description="Listen backlog of `orchestrion serve`: connections the kernel holds while the API is busy "
+        "accepting (thousands of reconnecting SSE clients at once). Capped by the kernel's net.core.somaxconn.",
+    )
 
 
 class RunApiSettings(BaseModel):

@@ -141,6 +141,7 @@ def serve(
         create_app(settings, open_host),
         host=settings.server.host,
         port=port or settings.server.port,
+        backlog=settings.server.backlog,
         log_config=None,
         access_log=False,
         loop="uvloop",  # uvicorn's production choices: the event loop and HTTP parsing in C
