@@ -100,7 +100,7 @@ async def _ask_for_plan(
         draft = reply.get("parsed")
         if problem is None and isinstance(draft, PlanDraft):
             try:
-                check_plan(draft, tools, max_steps=deps.settings.max_steps)
+                check_plan(draft, tools, max_steps=ctx.budgets.max_steps)
                 return draft, tokens, errors
             except PlanError as exc:
                 problem = exc

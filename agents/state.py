@@ -12,6 +12,8 @@ from typing import Annotated, Any, TypedDict
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 
+from agents.budgets import Budgets
+
 # Written by a run's input to empty a merging channel (a plain value cannot: the reducer would merge it).
 RESET: dict[str, Any] = {"__reset__": True}
 
@@ -86,6 +88,7 @@ class RunContext:
     tenant: str
     run_id: str
     thread_id: str
+    budgets: Budgets
 
 
 def run_input(question: str, run_id: str, started_at: float) -> RunState:

@@ -34,6 +34,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
+from agents.budgets import server_budgets
 from agents.deps import AgentDeps
 from agents.state import RunContext, run_input
 from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
@@ -152,7 +153,7 @@ async def bench(redis_url: str, root: Path, quick: bool) -> bool:
         async def run_graph() -> None:
             run_id = uuid.uuid4().hex
             config: Any = {"configurable": {"thread_id": run_id}}
-            context = RunContext("bench", run_id, run_id)
+            context = RunContext("bench", run_id, run_id, server_budgets(settings.agents))
             await runner.graph.ainvoke(
                 run_input("What about okapis?", run_id, time.time()), config, context=context, durability="sync"
             )

@@ -19,6 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from agents.budgets import Budgets
 from agents.deps import AgentDeps
 from agents.executor import answer_step, tool_step
 from agents.planner import plan_step
@@ -38,18 +39,19 @@ def build_graph(deps: AgentDeps) -> StateGraph[RunState, RunContext, RunState, R
             return await retrieve_step(task, deps, runtime.context, rewrite)
         return await tool_step(task, deps, runtime.context)
 
-    async def gather(state: RunState) -> dict[str, Any]:
-        return judge(state, deps)
+    async def gather(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        return judge(state, runtime.context.budgets)
 
     async def answer(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         return await answer_step(state, deps, runtime.context)
 
-    async def stop(state: RunState) -> dict[str, Any]:
-        reason = state.get("stop_reason") or spent(state, deps) or pending_budget(state, deps)
+    async def stop(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        limits = runtime.context.budgets
+        reason = state.get("stop_reason") or spent(state, limits) or pending_budget(state, limits)
         return {"stop_reason": reason, "answer": None, "citations": []}
 
-    def after(state: RunState) -> list[Send] | str:
-        return schedule(state, deps)
+    def after(state: RunState, runtime: Runtime[RunContext]) -> list[Send] | str:
+        return schedule(state, runtime.context.budgets)
 
     graph: StateGraph[RunState, RunContext, RunState, RunState] = StateGraph(RunState, context_schema=RunContext)
     graph.add_node("plan", plan)
@@ -66,9 +68,9 @@ def build_graph(deps: AgentDeps) -> StateGraph[RunState, RunContext, RunState, R
     return graph
 
 
-def spent(state: RunState, deps: AgentDeps) -> str | None:
+def spent(state: RunState, s: Budgets) -> str | None:
     """The token or time budget this run has used up, if any (steps and tool calls are rationed by `schedule`)."""
-    s, usage = deps.settings, state.get("usage") or {}
+    usage = state.get("usage") or {}
     if usage.get("tokens", 0) >= s.max_tokens:
         return f"token budget spent ({int(usage['tokens'])} of {s.max_tokens} tokens)"
     # Active time only: the time a run waited for a person's decision is not spent by the run.
@@ -78,16 +80,16 @@ def spent(state: RunState, deps: AgentDeps) -> str | None:
     return None
 
 
-def judge(state: RunState, deps: AgentDeps) -> dict[str, Any]:
+def judge(state: RunState, limits: Budgets) -> dict[str, Any]:
     """After a superstep of steps: a budget stop, a replan, or nothing (the schedule goes on)."""
-    reason = spent(state, deps)
+    reason = spent(state, limits)
     if reason:
         return {"stop_reason": reason}
     plan = state.get("plan") or {"steps": []}
     results = state.get("step_results") or {}
     current = [results[s["id"]] for s in plan["steps"] if s["id"] in results]
     failed = [r for r in current if not r.get("ok")]
-    if state.get("replans", 0) >= deps.settings.max_replans:
+    if state.get("replans", 0) >= limits.max_replans:
         return {}  # no new plan: the answer is written from what was found
     if failed:
         return {"needs_replan": "; ".join(f"{r.get('tool') or r.get('kind')}: {r.get('error')}" for r in failed)}
@@ -101,9 +103,9 @@ def judge(state: RunState, deps: AgentDeps) -> dict[str, Any]:
     return {}
 
 
-def schedule(state: RunState, deps: AgentDeps) -> list[Send] | str:
+def schedule(state: RunState, limits: Budgets) -> list[Send] | str:
     """Where the run goes next: the ready steps (in parallel), the answer, a new plan, or the stop."""
-    if state.get("stop_reason") or spent(state, deps):
+    if state.get("stop_reason") or spent(state, limits):
         return "stop"
     if state.get("needs_replan"):
         return "plan"
@@ -118,7 +120,7 @@ def schedule(state: RunState, deps: AgentDeps) -> list[Send] | str:
     ]
     if not ready:
         return "answer"
-    usage, limits = state.get("usage") or {}, deps.settings
+    usage = state.get("usage") or {}
     steps_left = limits.max_steps - int(usage.get("steps", 0))
     calls_left = limits.max_tool_calls - int(usage.get("tool_calls", 0))
     chosen: list[dict[str, Any]] = []
@@ -134,8 +136,8 @@ def schedule(state: RunState, deps: AgentDeps) -> list[Send] | str:
     return [Send("step", StepTask(step=s, question=question, run_id=run_id, evidence=evidence)) for s in chosen]
 
 
-def pending_budget(state: RunState, deps: AgentDeps) -> str:
-    usage, limits = state.get("usage") or {}, deps.settings
+def pending_budget(state: RunState, limits: Budgets) -> str:
+    usage = state.get("usage") or {}
     if int(usage.get("steps", 0)) >= limits.max_steps:
         return f"step budget spent ({int(usage.get('steps', 0))} of {limits.max_steps} steps)"
     return f"tool-call budget spent ({int(usage.get('tool_calls', 0))} of {limits.max_tool_calls} tool calls)"

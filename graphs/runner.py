@@ -26,10 +26,12 @@ from typing import Any
 
 import anyio
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import GraphRecursionError
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 from opentelemetry import trace
 
+from agents.budgets import run_budgets
 from agents.deps import AgentDeps
 from agents.state import RunContext, run_input
 from core.errors import ConflictError, InvalidInputError, NotFoundError, OrchestrionError
@@ -76,6 +78,17 @@ def thread_config(run_or_tenant: RunRecord | str, thread_id: str | None = None) 
         return {"configurable": {"thread_id": checkpoint_thread(run_or_tenant.tenant, run_or_tenant.thread_id)}}
     assert thread_id is not None
     return {"configurable": {"thread_id": checkpoint_thread(run_or_tenant, thread_id)}}
+
+
+def run_config(run: RunRecord) -> Any:
+    """The graph's config for one execution: its thread, the run's metadata and what the client's config
+    asked (tags, recursion limit); the client's `configurable` reaches the graph only as lowered budgets."""
+    config: Any = {**thread_config(run), "metadata": {**run.metadata, "run_id": run.run_id, "graph": GRAPH_NAME}}
+    if run.options.get("tags"):
+        config["tags"] = list(run.options["tags"])
+    if run.options.get("recursion_limit"):
+        config["recursion_limit"] = int(run.options["recursion_limit"])
+    return config
 
 
 def question_of(graph_input: Any) -> str:
@@ -231,8 +244,10 @@ class Runner:
                 await asyncio.shield(self.store.drop_lease(run_id, execution.owner))
 
     async def _execute(self, run: RunRecord, resume: Any, on_event: OnEvent | None, execution: Execution) -> RunRecord:
-        config: Any = {**thread_config(run), "metadata": {**run.metadata, "run_id": run.run_id, "graph": GRAPH_NAME}}
-        context = RunContext(run.tenant, run.run_id, run.thread_id)
+        config = run_config(run)
+        context = RunContext(
+            run.tenant, run.run_id, run.thread_id, run_budgets(self.settings, run.options.get("budgets"))
+        )
         with _tracer.start_as_current_span(
             f"run {GRAPH_NAME}", attributes={"run.id": run.run_id, "thread.id": run.thread_id}
         ) as span:
@@ -253,6 +268,11 @@ class Runner:
                 raise
             except RunCancelledError as cancelled:
                 return await self._cancelled(run, cancelled.action)
+            except GraphRecursionError:
+                limit = config.get("recursion_limit")
+                return await self._failed(
+                    run, f"the run reached its recursion limit ({limit or 'default'} graph steps)"
+                )
             except OrchestrionError as exc:
                 return await self._failed(run, str(exc))
             except Exception as exc:

@@ -170,7 +170,7 @@ class RunRecord:
     # same decisions again instead of asking the person twice.
     resume: dict[str, Any] | None = None
     # What an API client asked (graphs/agent_runs.py): the graph's input or a command, and the run's options
-    # (stream modes, interrupt_before/after, durability, the config's `configurable` and the context).
+    # (stream modes, interrupt_before/after, durability, the budgets, tags and recursion limit of its config).
     assistant_id: str = ""
     input: Any = None
     command: dict[str, Any] | None = None

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from redis.exceptions import RedisError
 
+from agents.budgets import requested_budgets, server_budgets
 from api.agent.assistants import resolve_assistant
 from api.agent.deps import Agent, AgentApi
 from api.agent.hub import START
@@ -65,6 +66,26 @@ def _refuse_unsupported(body: RunCreate) -> None:
         raise InvalidInputError("after_seconds (delayed runs) is not supported")
     if body.checkpoint_id or body.checkpoint:
         raise InvalidInputError("runs from an earlier checkpoint are not supported: copy the thread instead")
+    if body.context:
+        raise InvalidInputError(
+            "context is not accepted: the orchestration graph's context (tenant, run, thread) comes from the "
+            "credentials and the route; per-run budgets go in config.configurable (max_steps, max_tokens, ...)"
+        )
+
+
+def _config_options(agent: AgentApi, body: RunCreate) -> dict[str, Any]:
+    config = body.config
+    if config is None:
+        return {}
+    options: dict[str, Any] = {}
+    budgets = requested_budgets(config.configurable, server_budgets(agent.runner.settings))
+    if budgets:
+        options["budgets"] = budgets
+    if config.tags:
+        options["tags"] = config.tags
+    if config.recursion_limit:
+        options["recursion_limit"] = config.recursion_limit
+    return options
 
 
 async def start_run(
@@ -80,6 +101,7 @@ async def start_run(
         "durability": body.durability,
         "on_disconnect": body.on_disconnect,
         "stream_resumable": body.stream_resumable,
+        **_config_options(agent, body),
     }
     command = body.command.model_dump(exclude_none=True) if body.command is not None else None
     if body.input is None and command is None:
@@ -91,7 +113,7 @@ async def start_run(
         graph_input=body.input,
         command=command,
         options=options,
-        metadata=body.metadata,
+        metadata={**(body.config.metadata if body.config else {}), **body.metadata},
         multitask_strategy=body.multitask_strategy,
         assistant_id=resolve_assistant(body.assistant_id),
         create_thread=stateless or body.if_not_exists == "create",

@@ -69,9 +69,14 @@ class Command(Lenient):
 
 
 class Config(Lenient):
+    """A run's config: `configurable` may lower the run's budgets (agents/budgets.py; other keys are ignored, as
+    a graph ignores keys it does not read), `tags` and `metadata` go with the run, `recursion_limit` bounds
+    its graph steps."""
+
     configurable: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list)
-    recursion_limit: int | None = None
+    tags: list[str] = Field(default_factory=list, max_length=50)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    recursion_limit: int | None = Field(default=None, ge=1, le=10_000)
 
 
 class RunCreate(Lenient):

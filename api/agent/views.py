@@ -71,7 +71,7 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         "kwargs": {
             "input": run.input,
             "command": run.command,
-            **{k: v for k, v in run.options.items() if k != "configurable"},
+            **run.options,
         },
         "error": run.error or None,
     }
