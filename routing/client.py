@@ -14,6 +14,7 @@ chat model, so routing, balancing, budgets and accounting stay inside.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import time
@@ -42,7 +43,7 @@ from core.errors import InvalidInputError, OrchestrionError
 from routing.balancer import Balancer, Lease
 from routing.calls import Ask, Failure, OnChunk, OutputSchema, chat_model, classify, prepare, to_messages, whole_chunk
 from routing.fleet import Deployment, Fleet
-from routing.ledger import Ledger, ResponseCache
+from routing.ledger import Ledger, Reservation, ResponseCache
 from routing.router import Decision, Router
 
 OnToken = Callable[[str], Awaitable[None]]
@@ -242,11 +243,57 @@ class ModelClient:
         policy = self.fleet.policy_for(tenant)
         highest = decision.tier if decision.stage == "policy" else policy.max_tier or self.fleet.tiers[-1]
         ask = Ask(list(chat), max_tokens, temperature, tuple(tools), tool_choice, schema, on_chunk)
-        completion = await self._call(decision, ask, highest)
+        decision, highest, reservation = await self._reserve(tenant, decision, ask, highest)
+        try:
+            completion = await self._call(decision, ask, highest)
+        except BaseException:
+            if reservation is not None:
+                await asyncio.shield(self.ledger.release(reservation))
+            raise
         cost_tier = next(d for d in self.fleet.deployments if d.name == completion.deployment).tier
-        await self.ledger.record(tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd)
+        await self.ledger.record(
+            tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd, reservation
+        )
         await self.cache.put(key, completion._stored())
         return completion
+
+    async def _reserve(
+        self, tenant: str, decision: Decision, ask: Ask, highest: str
+    ) -> tuple[Decision, str, Reservation | None]:
+        """Hold the call's largest possible cost against the tenant's budget, or downgrade or refuse it."""
+        policy = self.fleet.policy_for(tenant)
+        if policy.budget_usd is None:
+            return decision, highest, None
+        order = self._tier_order(decision.tier, highest)
+        held = await self.ledger.reserve(
+            tenant, self._most_cost(order, ask), policy.budget_usd, self._longest_call_s(order)
+        )
+        if isinstance(held, Reservation):
+            return decision, highest, held
+        state = f"${held.spent_usd:.4f} spent and ${held.reserved_usd:.4f} held by calls in flight"
+        if policy.over_budget == "downgrade":
+            cheapest = self.fleet.tiers[0]
+            reason = f"over budget ({state}, of ${policy.budget_usd}): downgraded"
+            return Decision(cheapest, "policy", reason), cheapest, None
+        raise BudgetExceededError(
+            f"tenant {tenant!r} cannot afford this call within its ${policy.budget_usd} budget ({state})"
+        )
+
+    def _tier_order(self, tier: str, highest: str) -> list[str]:
+        tiers = self.fleet.tiers
+        return tiers[tiers.index(tier) : tiers.index(highest) + 1] if self.fleet.fallback_to_next_tier else [tier]
+
+    def _most_cost(self, order: list[str], ask: Ask) -> float:
+        """The dearest this call can be on any deployment it may reach: every byte of the request counted as a
+        token (byte-level tokenizers never make more) and the whole output limit."""
+        request = json.dumps([messages_to_dict(ask.chat), ask.tools, ask.schema and ask.schema.schema])
+        tokens_in = len(request.encode()) + 16 * len(ask.chat)
+        return max(d.cost(tokens_in, ask.max_tokens) for t in order for d in self.fleet.in_tier(t)) if order else 0.0
+
+    def _longest_call_s(self, order: list[str]) -> float:
+        """How long a call can take, every attempt on every deployment timing out: its reservation's lifetime."""
+        deployments = [d for t in order for d in self.fleet.in_tier(t)]
+        return 60.0 + sum(d.timeout_s for d in deployments) * (self.fleet.retries + 1)
 
     async def _within_budget(self, tenant: str, decision: Decision) -> Decision:
         policy = self.fleet.policy_for(tenant)
@@ -263,9 +310,7 @@ class ModelClient:
     async def _call(self, decision: Decision, ask: Ask, highest: str) -> Completion:
         """Deployments of the decided tier, then (if the fleet falls back) of the tiers above it up to `highest`."""
         attempts: list[str] = []
-        tiers = self.fleet.tiers
-        start = tiers.index(decision.tier)
-        order = tiers[start : tiers.index(highest) + 1] if self.fleet.fallback_to_next_tier else [decision.tier]
+        order = self._tier_order(decision.tier, highest)
         for tier in order:
             tried: set[str] = set()
             while (lease := await self.balancer.pick(tier, self.fleet.in_tier(tier), tried)) is not None:

@@ -1,16 +1,62 @@
-"""Token usage and cost per tenant and tier, and the exact-match response cache, in Redis.
+"""Token usage and cost per tenant and tier, budget reservations, and the exact-match response cache, in Redis.
 
-Both are on the request path of every model call, so they use redis.asyncio: a blocking
+All are on the request path of every model call, so they use redis.asyncio: a blocking
 round trip there would stall every other call on the event loop.
+
+A tenant with a budget reserves a call's largest possible cost before the call, in one script that checks
+what is spent plus what other calls in flight have reserved (any process), and settles it with the real cost
+after: concurrent calls cannot overspend, as a check-then-call-then-record sequence can. A reservation of
+a process that died expires after its `ttl_s`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from routing.redis_loop import LoopRedis
+
+# KEYS: usage hash, reservations by expiry (zset), reservation amounts (hash).
+# ARGV: now, reservation id, amount, budget, ttl_s. -> {1 if reserved, spent, reserved by others}
+_RESERVE = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for _, id in ipairs(expired) do redis.call('HDEL', KEYS[3], id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local spent = 0
+local usage = redis.call('HGETALL', KEYS[1])
+for i = 1, #usage, 2 do
+  if string.sub(usage[i], -9) == ':cost_usd' then spent = spent + tonumber(usage[i + 1]) end
+end
+local reserved = 0
+for _, amount in ipairs(redis.call('HVALS', KEYS[3])) do reserved = reserved + tonumber(amount) end
+if spent + reserved + tonumber(ARGV[3]) > tonumber(ARGV[4]) then
+  return {0, tostring(spent), tostring(reserved)}
+end
+redis.call('ZADD', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[5]), ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], math.ceil(tonumber(ARGV[5]) * 1000))
+redis.call('PEXPIRE', KEYS[3], math.ceil(tonumber(ARGV[5]) * 1000))
+return {1, tostring(spent), tostring(reserved)}
+"""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    tenant: str
+    id: str
+    amount_usd: float
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a reservation did not fit: what is spent, and what other calls in flight hold."""
+
+    spent_usd: float
+    reserved_usd: float
 
 
 class Ledger:
@@ -18,13 +64,38 @@ class Ledger:
         self.redis = redis
         self.prefix = f"{prefix}:usage"
 
-    async def record(self, tenant: str, tier: str, tokens_in: int, tokens_out: int, cost_usd: float) -> None:
-        key = f"{self.prefix}:{tenant}"
+    def _keys(self, tenant: str) -> list[str]:
+        return [f"{self.prefix}:{tenant}", f"{self.prefix}:{tenant}:held", f"{self.prefix}:{tenant}:held-usd"]
+
+    async def reserve(self, tenant: str, amount_usd: float, budget_usd: float, ttl_s: float) -> Reservation | Refusal:
+        """Hold `amount_usd` of the tenant's budget for one call, if spent + held + it stays within the budget."""
+        reservation = Reservation(tenant, uuid.uuid4().hex, amount_usd)
+        args = [time.time(), reservation.id, repr(amount_usd), repr(budget_usd), ttl_s]
+        ok, spent, held = await self.redis.client().eval(_RESERVE, 3, *self._keys(tenant), *args)  # type: ignore[arg-type]
+        return reservation if int(ok) else Refusal(float(spent), float(held))
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give a reservation back (the call failed, or `record` settled it)."""
+        _, held, amounts = self._keys(reservation.tenant)
+        async with self.redis.client().pipeline(transaction=True) as pipe:
+            pipe.zrem(held, reservation.id)
+            pipe.hdel(amounts, reservation.id)
+            await pipe.execute()
+
+    async def record(
+        self, tenant: str, tier: str, tokens_in: int, tokens_out: int, cost_usd: float,
+        reservation: Reservation | None = None,
+    ) -> None:  # fmt: skip
+        """Account a call; with its reservation, settle it in the same transaction (the real cost replaces it)."""
+        key, held, amounts = self._keys(tenant)
         async with self.redis.client().pipeline(transaction=True) as pipe:
             pipe.hincrby(key, f"{tier}:calls", 1)
             pipe.hincrby(key, f"{tier}:tokens_in", tokens_in)
             pipe.hincrby(key, f"{tier}:tokens_out", tokens_out)
             pipe.hincrbyfloat(key, f"{tier}:cost_usd", cost_usd)
+            if reservation is not None:
+                pipe.zrem(held, reservation.id)
+                pipe.hdel(amounts, reservation.id)
             await pipe.execute()
 
     async def usage(self, tenant: str) -> dict[str, dict[str, float]]:

@@ -20,7 +20,7 @@ from orchestrion.launcher.supervisor import launch
 from routing.balancer import Balancer, FleetState, Health, HealthSettings
 from routing.client import BudgetExceededError, ModelClient, ModelUnavailableError
 from routing.fleet import Deployment, Fleet, embedded_fleet
-from routing.ledger import Ledger, ResponseCache
+from routing.ledger import Ledger, Refusal, Reservation, ResponseCache
 from routing.redis_loop import LoopRedis
 from routing.router import Router, TenantPolicy
 from routing.services import api_keys, configured_fleet
@@ -189,17 +189,73 @@ def test_a_cancelled_call_returns_its_lease_at_once(valkey: str, simulators: lis
     assert asyncio.run(scenario()) == (1, 0)
 
 
+# At $1 per million tokens each way, a call of ASK with the default 256-token limit may cost at most ~$443e-6
+# (its request's bytes and the whole limit); answering 256 tokens, it costs ~$256e-6.
+FULL_ANSWER = 256
+
+
 def test_budget_refuses_or_downgrades(valkey: str, simulators: list[ProviderSimulator]) -> None:
+    for sim in simulators:
+        sim.behaviour.tokens = FULL_ANSWER
     fleet = _sim_fleet(simulators)
-    fleet.tenants["thrifty"] = TenantPolicy(budget_usd=0.0000001)
-    fleet.tenants["frugal"] = TenantPolicy(budget_usd=0.0000001, over_budget="downgrade", max_tier="small")
+    fleet.tenants["thrifty"] = TenantPolicy(budget_usd=0.0006)  # one call fits; two do not
+    fleet.tenants["frugal"] = TenantPolicy(budget_usd=0.0006, over_budget="downgrade", max_tier="small")
     client = _client(valkey, fleet)
     _complete(client, tenant="thrifty", bypass_cache=True)
-    with pytest.raises(BudgetExceededError, match="budget"):
+    with pytest.raises(BudgetExceededError, match=r"within its \$0.0006 budget"):
         _complete(client, tenant="thrifty", bypass_cache=True)
     _complete(client, tenant="frugal", bypass_cache=True)
     downgraded = _complete(client, tenant="frugal", bypass_cache=True)
     assert "over budget" in downgraded.decision.reason  # type: ignore[attr-defined]
+
+
+def test_concurrent_calls_cannot_overspend_a_budget(valkey: str, simulators: list[ProviderSimulator]) -> None:
+    for sim in simulators:
+        sim.behaviour.tokens, sim.behaviour.delay_s = FULL_ANSWER, 0.3
+    fleet = _sim_fleet(simulators)
+    fleet.tenants["capped"] = TenantPolicy(budget_usd=0.0015)  # three calls' largest cost; 20 ask at once
+    client = _client(valkey, fleet)
+
+    async def one() -> str:
+        try:
+            await client.complete("capped", ASK, hint="small", bypass_cache=True)
+            return "answered"
+        except BudgetExceededError:
+            return "refused"
+
+    async def burst() -> list[str]:
+        return list(await asyncio.gather(*(one() for _ in range(20))))
+
+    outcomes = anyio.run(burst)
+    spent = anyio.run(client.ledger.spent, "capped")
+    assert spent <= 0.0015, f"spent ${spent} of a $0.0015 budget ({outcomes.count('answered')} calls answered)"
+    assert outcomes.count("answered") >= 1 and outcomes.count("refused") >= 1, outcomes
+
+
+def test_a_failed_call_gives_its_reservation_back_and_a_dead_ones_expires(
+    valkey: str, simulators: list[ProviderSimulator]
+) -> None:
+    fleet = _sim_fleet(simulators)
+    fleet.tenants["careful"] = TenantPolicy(budget_usd=0.0006)
+    client = _client(valkey, fleet)
+    for sim in simulators:
+        sim.behaviour.status = 500
+    for _ in range(3):  # each failure releases what it held, or the second would not fit
+        with pytest.raises(ModelUnavailableError):
+            _complete(client, tenant="careful", bypass_cache=True)
+    for sim in simulators:
+        sim.behaviour.status = 200
+    assert anyio.run(client.ledger.spent, "careful") == 0
+
+    async def held_by_a_process_that_died() -> tuple[object, object, object]:
+        first = await client.ledger.reserve("careful", 0.0005, 0.0006, ttl_s=1.0)  # never settled
+        refused = await client.ledger.reserve("careful", 0.0005, 0.0006, ttl_s=1.0)
+        await asyncio.sleep(1.2)
+        return first, refused, await client.ledger.reserve("careful", 0.0005, 0.0006, ttl_s=1.0)
+
+    first, refused, later = anyio.run(held_by_a_process_that_died)
+    assert isinstance(first, Reservation) and isinstance(later, Reservation)
+    assert isinstance(refused, Refusal) and refused.reserved_usd == pytest.approx(0.0005)
 
 
 def test_a_request_the_provider_refuses_is_neither_retried_nor_held_against_anyone(
