@@ -216,7 +216,7 @@ def rss_bytes(pid: int, group: bool = True) -> int:
 
 
 # ---------------------------------------------------------------- the bare baseline app (child process)
-def _bare_main(port: int, hold: Any) -> None:
+def _bare_main(port: int, hold: Any, released_at: Any) -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -233,6 +233,7 @@ def _bare_main(port: int, hold: Any) -> None:
     async def watch() -> None:  # one poller of the cross-process event, however many streams wait on it
         while not hold.is_set():
             await asyncio.sleep(0.05)
+        released_at.value = time.monotonic()  # the burst starts now: every held stream gets one event
         released[0].set()
 
     async def sse(request: Request) -> Response:
@@ -254,14 +255,14 @@ def _bare_main(port: int, hold: Any) -> None:
 
 
 @contextmanager
-def bare_server() -> Iterator[tuple[int, Any, int]]:
-    """(port, the event that ends its SSE streams, pid)."""
+def bare_server() -> Iterator[tuple[int, Any, int, Any]]:
+    """(port, the event that ends its SSE streams, pid, the server's CLOCK_MONOTONIC when it released them)."""
     from tests.conftest import free_port
 
     ctx = mp.get_context("spawn")
     port = free_port()
-    hold = ctx.Event()
-    process = ctx.Process(target=_bare_main, args=(port, hold), daemon=True)
+    hold, released_at = ctx.Event(), ctx.Value("d", 0.0)
+    process = ctx.Process(target=_bare_main, args=(port, hold, released_at), daemon=True)
     process.start()
     deadline = time.monotonic() + 30
     while True:
@@ -273,7 +274,7 @@ def bare_server() -> Iterator[tuple[int, Any, int]]:
                 raise
             time.sleep(0.1)
     try:
-        yield port, hold, process.pid or 0
+        yield port, hold, process.pid or 0, released_at
     finally:
         hold.set()
         process.terminate()

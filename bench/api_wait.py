@@ -200,7 +200,7 @@ def main() -> None:
         for kind in KINDS
     }
     try:
-        with bench_stack(keep=args.keep) as stack, bare_server() as (bare_port, _, bare_pid):
+        with bench_stack(keep=args.keep) as stack, bare_server() as (bare_port, _, bare_pid, _released):
             ERR.print("starting the API and the worker…")
             agents = deploy_agents(stack, sim.base_url, args.concurrency, env_from(args))
             targets = {
