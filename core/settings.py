@@ -180,6 +180,13 @@ class RunApiSettings(BaseModel):
     stream_poll_ms: int = Field(
         default=100, ge=5, le=5000, description="How long the process's stream reader blocks on Redis per read."
     )
+    dispatch_ahead: int = Field(
+        default=4,
+        ge=0,
+        description="Runs kept waiting in the Celery `runs` queue; the rest wait in per-tenant backlogs and go to "
+        "Celery a tenant at a time, in turn, as workers start runs, so one tenant's burst of runs does not hold "
+        "up another's. 0: no bound, first come first served.",
+    )
 
 
 class RagSettings(BaseModel):

@@ -64,8 +64,9 @@ STREAM_MODES = ("values", "updates", "messages", "custom", "debug", "tasks", "ch
 # (mode, data): LangGraph's stream parts as the graph emits them: "custom" carries the agents' own progress
 # events ({"event": "plan" | "step" | "answer", ...}).
 OnEvent = Callable[[str, Any], Awaitable[None]]
-# How to start executing a run elsewhere (a Celery task); None: in this process.
-Dispatch = Callable[[str], Awaitable[None]]
+# How to start executing a run elsewhere: (tenant, run id) -> a Celery task, in the tenant's turn (the runs
+# queue is fair across tenants: workers/fair_queue.py); None: in this process.
+Dispatch = Callable[[str, str], Awaitable[None]]
 
 
 def checkpoint_thread(tenant: str, thread_id: str) -> str:
@@ -426,17 +427,17 @@ class Runner:
         """Free the run's thread; the run queued next on it starts (dispatched, or here)."""
         following = await self.store.free_thread(run, self.settings.run_lease_s)
         if following is not None:
-            await self._start(following)
+            await self._start(run.tenant, following)  # the same thread: the same tenant
         elif run.temporary and (run.status != INTERRUPTED or run.cancel_reason):
             await self.delete_thread(run.tenant, run.thread_id)  # a stateless run: its thread lives as long as it
 
-    async def launch(self, run_id: str) -> None:
+    async def launch(self, run: RunRecord) -> None:
         """Start executing a run that holds its thread: on a worker (dispatch), or in this process."""
-        await self._start(run_id)
+        await self._start(run.tenant, run.run_id)
 
-    async def _start(self, run_id: str) -> None:
+    async def _start(self, tenant: str, run_id: str) -> None:
         if self.dispatch is not None:
-            await self.dispatch(run_id)
+            await self.dispatch(tenant, run_id)
             # In the queue now, which redelivers it if a worker dies holding it: not an orphan while it waits.
             await self.store.defer(run_id, self.queued_grace_s)
             return
@@ -543,9 +544,9 @@ class Runner:
             group.start_soon(self.listen_for_cancellations)
             while True:
                 try:
-                    for run_id in await self.recover_once():
+                    for tenant, run_id in await self.recover_once():
                         if self.dispatch is not None:  # to the runs queue, like any run
-                            await self.dispatch(run_id)
+                            await self.dispatch(tenant, run_id)
                             self._resuming.discard(run_id)
                         else:
                             group.start_soon(self._resume, run_id)
@@ -553,8 +554,8 @@ class Runner:
                     log.warning("looking for orphaned runs failed", exc_info=True)
                 await anyio.sleep(self.settings.recovery_interval_s)
 
-    async def recover_once(self) -> list[str]:
-        """The orphaned runs this process should resume now (marked as being resumed here)."""
+    async def recover_once(self) -> list[tuple[str, str]]:
+        """The orphaned runs this process should resume now, (tenant, run id) (marked as being resumed here)."""
         resumed = []
         for run_id in await self.store.expired_leases():
             if run_id in self._resuming or run_id in self._executing:
@@ -575,7 +576,7 @@ class Runner:
             if not await self.store.claim_orphan(run_id, self.settings.run_lease_s):
                 continue  # another process claimed it first
             self._resuming.add(run_id)
-            resumed.append(run_id)
+            resumed.append((run.tenant, run_id))
         return resumed
 
     async def _resume(self, run_id: str) -> None:

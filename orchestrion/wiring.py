@@ -73,8 +73,8 @@ async def open_host(
                 deps = routed_deps(services.models, toolbox, settings.agents, long_calls)
                 events = RunEvents(redis, prefix, settings.runs.events_ttl_s)
 
-                async def dispatch(run_id: str) -> None:
-                    await anyio.to_thread.run_sync(queue.send_run, run_id)
+                async def dispatch(tenant: str, run_id: str) -> None:
+                    await anyio.to_thread.run_sync(queue.send_run, tenant, run_id)
 
                 runner = host.runner = Runner(deps, store, checkpointer, settings.agents, dispatch, events)
                 runner.queued_grace_s = settings.celery.visibility_timeout_s

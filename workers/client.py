@@ -8,8 +8,7 @@ from core.settings import Settings
 from core.stack import resolve_endpoints
 from rag.services import RagServices, open_rag
 from workers.app import INGEST_TASK, RUN_TASK, TOOL_TASK, create_celery_app, queue_depth
-from workers.fair_dispatch import fair_tasks
-from workers.fair_queue import FairQueue
+from workers.fair_dispatch import open_fair_queue
 from workers.instrumentation import instrument_producer
 
 
@@ -17,8 +16,8 @@ class QueueClient:
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.app = create_celery_app(settings, redis_url)
         instrument_producer()
-        queue, ahead = fair_tasks(settings)[INGEST_TASK]
-        self.ingest = FairQueue(self.app, queue, INGEST_TASK, ahead)
+        self.ingest = open_fair_queue(self.app, INGEST_TASK, settings)
+        self.runs = open_fair_queue(self.app, RUN_TASK, settings)
 
     def enqueue_ingest(self, tenant: str, job_ids: Sequence[str]) -> None:
         """Into the tenant's backlog, all or none (raises when that fails); then as many as fit go to Celery.
@@ -30,9 +29,12 @@ class QueueClient:
         # The Celery task id is the call id (run id + step id): the same step never makes a second task.
         self.app.send_task(TOOL_TASK, args=[call_id], task_id=call_id, ignore_result=True)
 
-    def send_run(self, run_id: str) -> None:
-        # The task id is the run id: a run's task is found by its id, and its trace links to the run.
-        self.app.send_task(RUN_TASK, args=[run_id], task_id=run_id, ignore_result=True)
+    def send_run(self, tenant: str, run_id: str) -> None:
+        """Into the tenant's backlog of the runs queue (raises when that fails: the caller's recovery sends it
+        again), then to Celery in the tenants' turns. Its task id is the run id: a run's task is found by its
+        id, its trace links to the run, and a run sent twice executes once (its lease)."""
+        self.runs.push(tenant, [run_id])
+        self.runs.dispatch_quietly()
 
     def ingest_depth(self) -> int:
         return queue_depth(self.app, "ingest")

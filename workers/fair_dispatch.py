@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, signals
 
 from core.settings import Settings, get_settings
-from workers.app import INGEST_TASK
+from workers.app import INGEST_TASK, RUN_TASK
 from workers.fair_queue import FairQueue
 
 log = logging.getLogger(__name__)
@@ -25,19 +26,33 @@ _lock = threading.Lock()
 _queues: dict[tuple[int, str], FairQueue] = {}
 
 
-def fair_tasks(settings: Settings) -> dict[str, tuple[str, int]]:
-    """Task name -> (its queue, the tasks kept waiting in Celery) of every task dispatched fairly by tenant.
-    A queue's tasks wait in per-tenant backlogs once a producer pushes them (FairQueue.push)."""
-    return {INGEST_TASK: ("ingest", settings.rag.ingest_dispatch_ahead)}
+@dataclass(frozen=True)
+class FairTask:
+    queue: str
+    ahead: int  # tasks kept waiting in Celery; the rest wait in per-tenant backlogs
+    job_id_is_task_id: bool = False
+
+
+def fair_tasks(settings: Settings) -> dict[str, FairTask]:
+    """Every task dispatched fairly by tenant, by name. A queue's tasks wait in per-tenant backlogs once a
+    producer pushes them (FairQueue.push)."""
+    return {
+        INGEST_TASK: FairTask("ingest", settings.rag.ingest_dispatch_ahead),
+        RUN_TASK: FairTask("runs", settings.runs.dispatch_ahead, job_id_is_task_id=True),
+    }
+
+
+def open_fair_queue(app: Celery, task: str, settings: Settings) -> FairQueue:
+    spec = fair_tasks(settings)[task]
+    return FairQueue(app, spec.queue, task, spec.ahead, job_id_is_task_id=spec.job_id_is_task_id)
 
 
 def fair_queue(app: Celery, task: str, settings: Settings) -> FairQueue:
     """This process's FairQueue of `task` (made after a pool fork, never shared with the parent)."""
-    queue, ahead = fair_tasks(settings)[task]
     with _lock:
         key = (os.getpid(), task)
         if key not in _queues:
-            _queues[key] = FairQueue(app, queue, task, ahead)
+            _queues[key] = open_fair_queue(app, task, settings)
         return _queues[key]
 
 

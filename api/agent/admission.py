@@ -35,12 +35,17 @@ class Admission:
         self.store = store
         self.settings = settings
         self._queue = f"{prefix}:runs"  # Celery's list for the queue (kombu's global key prefix)
+        self._backlogs = f"{prefix}:fair:runs:size"  # runs in the tenants' backlogs (workers/fair_queue.py)
         self._p = f"{prefix}:agents"
 
     async def admit(self, tenant: str) -> None:
         s = self.settings
         client = self.redis.client()
-        waiting = int(await client.llen(self._queue))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.llen(self._queue)
+            pipe.hget(self._backlogs, "jobs")
+            in_celery, in_backlogs = await pipe.execute()
+        waiting = int(in_celery) + int(in_backlogs or 0)
         if waiting >= s.runs_queue_limit:
             raise BusyError(f"{waiting} runs are waiting for a worker (limit {s.runs_queue_limit}); retry later", 5)
         inflight = await self.store.count_inflight(tenant)

@@ -121,7 +121,7 @@ async def start_run(
     )
     if outcome == "started":
         try:
-            await agent.runner.launch(run.run_id)
+            await agent.runner.launch(run)
         except Exception:  # recorded and due: lease recovery sends it once its start grace has passed
             log.warning("could not send run %s to the queue now; it is sent by recovery", run.run_id, exc_info=True)
     return run

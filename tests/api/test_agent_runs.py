@@ -19,6 +19,7 @@ import orjson
 import pytest
 from langgraph_sdk import get_client
 
+from rag.services import RagServices
 from tests.api.test_agent_sdk import QUESTION, agent_tenant  # noqa: F401  (a fixture)
 from tests.conftest import ApiServer, WorkerHandle, start_api
 
@@ -321,3 +322,35 @@ def test_unauthenticated_and_fuzzed_requests_never_fail_the_server(
             continue  # multipart uploads: covered by tests/api/test_documents_api.py
         checker(op)()
     assert len(calls) > 30 and not failures, failures
+
+
+async def test_a_tenants_run_behind_another_tenants_burst_waits_for_a_few_runs_not_all(
+    agent_tenant: tuple[str, str],  # noqa: F811
+    api_server: ApiServer,
+    rag: RagServices,
+) -> None:
+    from orchestrion.knowledge import provision
+
+    _, busy_token = agent_tenant
+    other = f"o-{uuid.uuid4().hex[:10]}"
+    provision(rag, other)
+    burst, lone = (
+        get_client(url=api_server.url, api_key=busy_token),
+        get_client(url=api_server.url, api_key=rag.registry.issue_token(other)),
+    )
+    threads = [await burst.threads.create() for _ in range(12)]
+    started = [await burst.runs.create(t["thread_id"], "orchestration", input={"question": QUESTION}) for t in threads]
+    mine = await lone.threads.create()
+    own = await lone.runs.create(mine["thread_id"], "orchestration", input={"question": QUESTION})
+
+    own_done = await lone.runs.join(mine["thread_id"], own["run_id"])
+    assert own_done["answer"]
+    for t, r in zip(threads, started, strict=True):
+        await burst.runs.join(t["thread_id"], r["run_id"])
+    finished = [await burst.runs.get(t["thread_id"], r["run_id"]) for t, r in zip(threads, started, strict=True)]
+    own_end = (await lone.runs.get(mine["thread_id"], own["run_id"]))["updated_at"]
+    before = sum(r["updated_at"] < own_end for r in finished)
+    # First come, first served it would end after all 12. Fair: after those running (the session's worker runs
+    # 2), those waiting in Celery (ORCHESTRION_RUNS__DISPATCH_AHEAD, 4) and one more for a race.
+    assert all(r["status"] == "success" for r in finished)
+    assert before <= 4 + 2 + 1, sorted((r["updated_at"], r["run_id"]) for r in finished)

@@ -394,7 +394,7 @@ def test_a_run_whose_starter_died_before_executing_it_is_recovered(valkey: str, 
             started = await h.runner.start(TENANT, "Anything?")  # and its starter "dies": nobody executes it
             assert await h.runner.recover_once() == []  # not yet: it may still be starting
             await asyncio.sleep(2.5)
-            assert await h.runner.recover_once() == [started.run_id]
+            assert await h.runner.recover_once() == [(TENANT, started.run_id)]
             await h.runner._resume(started.run_id)
             done = await h.runner.get_run(TENANT, started.run_id)
             assert done.status == "success" and done.executions == 1
@@ -449,7 +449,7 @@ def test_an_ask_whose_process_loses_the_lease_answers_from_the_process_that_resu
                 await asyncio.sleep(0.05)
             assert not asking.done()  # the ask waits instead of failing
             await asyncio.sleep(1.6)  # that other process dies too: the run is orphaned, and resumed here
-            [found] = await h.runner.recover_once()
+            [(_, found)] = await h.runner.recover_once()
             await h.runner._resume(found)
             done = await asyncio.wait_for(asking, 30)
             assert done.run_id == run_id and done.status == "success" and done.answer
