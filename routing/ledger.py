@@ -70,32 +70,34 @@ class Ledger:
     async def reserve(self, tenant: str, amount_usd: float, budget_usd: float, ttl_s: float) -> Reservation | Refusal:
         """Hold `amount_usd` of the tenant's budget for one call, if spent + held + it stays within the budget."""
         reservation = Reservation(tenant, uuid.uuid4().hex, amount_usd)
-        args = [time.time(), reservation.id, repr(amount_usd), repr(budget_usd), ttl_s]
-        ok, spent, held = await self.redis.client().eval(_RESERVE, 3, *self._keys(tenant), *args)  # type: ignore[arg-type]
+        args: list[str | float] = [time.time(), reservation.id, repr(amount_usd), repr(budget_usd), ttl_s]
+        ok, spent, held = await self.redis.script(_RESERVE)(keys=self._keys(tenant), args=args)
         return reservation if int(ok) else Refusal(float(spent), float(held))
 
     async def release(self, reservation: Reservation) -> None:
-        """Give a reservation back (the call failed, or `record` settled it)."""
-        _, held, amounts = self._keys(reservation.tenant)
+        """Give a reservation back (the call failed)."""
         async with self.redis.client().pipeline(transaction=True) as pipe:
-            pipe.zrem(held, reservation.id)
-            pipe.hdel(amounts, reservation.id)
+            self._drop(pipe, reservation)
             await pipe.execute()
+
+    def _drop(self, pipe: Any, reservation: Reservation) -> None:
+        _, held, amounts = self._keys(reservation.tenant)
+        pipe.zrem(held, reservation.id)
+        pipe.hdel(amounts, reservation.id)
 
     async def record(
         self, tenant: str, tier: str, tokens_in: int, tokens_out: int, cost_usd: float,
         reservation: Reservation | None = None,
     ) -> None:  # fmt: skip
         """Account a call; with its reservation, settle it in the same transaction (the real cost replaces it)."""
-        key, held, amounts = self._keys(tenant)
+        key = self._keys(tenant)[0]
         async with self.redis.client().pipeline(transaction=True) as pipe:
             pipe.hincrby(key, f"{tier}:calls", 1)
             pipe.hincrby(key, f"{tier}:tokens_in", tokens_in)
             pipe.hincrby(key, f"{tier}:tokens_out", tokens_out)
             pipe.hincrbyfloat(key, f"{tier}:cost_usd", cost_usd)
             if reservation is not None:
-                pipe.zrem(held, reservation.id)
-                pipe.hdel(amounts, reservation.id)
+                self._drop(pipe, reservation)
             await pipe.execute()
 
     async def usage(self, tenant: str) -> dict[str, dict[str, float]]:

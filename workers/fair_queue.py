@@ -103,9 +103,15 @@ def fair_keys_prefix(app: Celery, queue: str) -> str:
     return broker_key(app, f"fair:{queue}")
 
 
+def size_key(queue: str) -> str:
+    """The hash (field `jobs`) counting the jobs in every tenant's backlog of `queue`, below the broker's key
+    prefix: kombu's channel client adds the prefix itself, a plain client puts it in front."""
+    return f"fair:{queue}:size"
+
+
 def backlog_size(client: Any, queue: str) -> int:
     """Jobs in every tenant's backlog of `queue`, read with kombu's channel client (it adds the key prefix)."""
-    return int(client.hget(f"fair:{queue}:size", "jobs") or 0)
+    return int(client.hget(size_key(queue), "jobs") or 0)
 
 
 class FairQueue:
@@ -137,7 +143,7 @@ class FairQueue:
         base = fair_keys_prefix(app, queue)
         self._backlog_prefix = f"{base}:backlog:"
         self._ring, self._last, self._clock = f"{base}:ring", f"{base}:last", f"{base}:clock"
-        self._size, self._sending = f"{base}:size", f"{base}:sending"
+        self._size, self._sending = broker_key(app, size_key(queue)), f"{base}:sending"
         self._broker = broker_key(app, queue)
         self._push = self.redis.register_script(_PUSH)
         self._dispatch = self.redis.register_script(_DISPATCH)

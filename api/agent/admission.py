@@ -12,6 +12,7 @@ from core.errors import BusyError
 from core.settings import RunApiSettings
 from graphs.runs import RunStore
 from routing.redis_loop import LoopRedis
+from workers.fair_queue import size_key
 
 # KEYS: bucket; ARGV: rate per s, burst. Takes one token; returns 0 when taken, else ms until one is there.
 _TAKE_TOKEN = """
@@ -35,7 +36,7 @@ class Admission:
         self.store = store
         self.settings = settings
         self._queue = f"{prefix}:runs"  # Celery's list for the queue (kombu's global key prefix)
-        self._backlogs = f"{prefix}:fair:runs:size"  # runs in the tenants' backlogs (workers/fair_queue.py)
+        self._backlogs = f"{prefix}:{size_key('runs')}"  # runs in the tenants' backlogs (workers/fair_queue.py)
         self._p = f"{prefix}:agents"
 
     async def admit(self, tenant: str) -> None:
