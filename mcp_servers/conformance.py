@@ -114,10 +114,14 @@ def _tools(server: MCPServer) -> None:
             await ctx.report_progress(done, 100)
         return "Tool with progress executed successfully"
 
+    # Server-to-client requests name the tool call they belong to (`related_request_id`): without it they
+    # go to the standalone GET stream, which a client may not have opened yet, and the call times out.
     @server.tool(description="Asks the client's LLM.")
     async def test_sampling(prompt: str, ctx: Context) -> str:
         reply = await ctx.session.create_message(
-            [SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=100
+            [SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
+            max_tokens=100,
+            related_request_id=ctx.request_id,
         )
         content = reply.content
         return f"LLM response: {getattr(content, 'text', content)}"
@@ -132,7 +136,7 @@ def _tools(server: MCPServer) -> None:
             },
             "required": ["username", "email"],
         }
-        result = await ctx.session.elicit(message, schema)
+        result = await ctx.session.elicit(message, schema, related_request_id=ctx.request_id)
         return f"User response: <action: {result.action}, content: {json.dumps(result.content)}>"
 
     @server.tool(description="Elicitation with defaults of every primitive type.")
@@ -147,7 +151,9 @@ def _tools(server: MCPServer) -> None:
                 "verified": {"type": "boolean", "default": True},
             },
         }
-        result = await ctx.session.elicit("Please review and update the form fields with defaults", schema)
+        result = await ctx.session.elicit(
+            "Please review and update the form fields with defaults", schema, related_request_id=ctx.request_id
+        )
         return f"Elicitation completed: action={result.action}, content={json.dumps(result.content)}"
 
     @server.tool(description="Elicitation with the five enum forms.")
@@ -185,7 +191,9 @@ def _tools(server: MCPServer) -> None:
                 },
             },
         }
-        result = await ctx.session.elicit("Please select options from the enum fields", schema)
+        result = await ctx.session.elicit(
+            "Please select options from the enum fields", schema, related_request_id=ctx.request_id
+        )
         return f"Elicitation completed: action={result.action}, content={json.dumps(result.content)}"
 
     @server.tool(description="Closes its SSE stream mid-call; the client reconnects and gets the result.")

@@ -3,6 +3,7 @@ Orchestrion's real servers plus the suite's `test_*` fixtures, on the session's 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
@@ -43,20 +44,31 @@ def profile(stack_env: dict[str, str], local_llm: str, services_dir: Path) -> It
     process.stop()
 
 
-def _suite(url: str, *args: str) -> str:
+def _suite(url: str, *args: str, output_dir: Path | None = None) -> str:
     root, env = node22()
     cli = root / "node_modules" / ".bin" / "conformance"
-    done = subprocess.run(["node", str(cli), "server", "--url", url, *args], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    saved = ["--output-dir", str(output_dir)] if output_dir else []
+    done = subprocess.run(["node", str(cli), "server", "--url", url, *args, *saved], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
     return done.stdout + done.stderr
 
 
-def test_every_active_scenario_passes(profile: str) -> None:
-    out = _suite(profile)
+def _failed_checks(output_dir: Path) -> list[str]:
+    """What each failed check said: the summary names only the scenario."""
+    return [
+        f"{check['id']}: {check.get('errorMessage')}"
+        for checks in output_dir.glob("*/checks.json")
+        for check in json.loads(checks.read_text())
+        if check["status"] == "FAILURE"
+    ]
+
+
+def test_every_active_scenario_passes(profile: str, tmp_path: Path) -> None:
+    out = _suite(profile, output_dir=tmp_path)
     summary = out[out.index("=== SUMMARY ===") :]
     results = re.findall(r"([✓✗]) ([\w-]+): (\d+) passed, (\d+) failed", summary)
     failed = [name for mark, name, _, failures in results if mark == "✗" or failures != "0"]
-    assert not failed, summary
+    assert not failed, f"{summary}\n" + "\n".join(_failed_checks(tmp_path))
     assert len(results) == ACTIVE_SCENARIOS, summary
     assert re.search(r"Total: \d+ passed, 0 failed", summary), summary
 
