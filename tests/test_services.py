@@ -63,3 +63,27 @@ def test_local_llm_streams_a_chat_completion(local_llm: str) -> None:
                 pieces.append(delta.get("content") or "")
     assert len(pieces) >= 2, "expected a streamed answer in several chunks"
     assert "".join(pieces).strip()
+
+
+def test_the_local_model_build_has_no_instructions_beyond_its_cpu_level() -> None:
+    """`./run` caches the llama.cpp wheel across machines; a -march=native build from an AVX-512 host died of
+    SIGILL (exit 132) on a Haswell CPU under `qemu-x86_64 -cpu Haswell` and on CI's machine. The x86-64-v3
+    build must not contain one AVX-512 instruction (zmm/k-mask registers)."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import llama_cpp
+
+    marker = Path(sys.prefix) / ".llama-cpp-build"
+    if not marker.exists() or not marker.read_text().split()[1:] == ["x86-64-v3"]:
+        raise AssertionError(f"the venv's llama.cpp build is not the x86-64-v3 one `./run` makes: {marker}")
+    objdump = shutil.which("objdump")
+    assert objdump, "objdump (binutils) is needed to read the build's instructions"
+    libraries = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-cpu.so*"))
+    assert libraries, "llama_cpp ships no libggml-cpu"
+    code = subprocess.run([objdump, "-d", str(libraries[0])], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"%ymm\d", code), "no AVX2 instructions at all: the build flags were not applied"
+    assert not re.search(r"%zmm\d|%k[1-7]\b", code), "AVX-512 instructions in an x86-64-v3 build"
