@@ -8,7 +8,9 @@ server, added to the MCP path only. Spreading the clients over a few processes r
 queue; the CPU they use is still counted as the benchmark's (client) CPU.
 
 Protocol (JSON lines; parent = the benchmark, child = `python -m bench._mcp_clients URL`):
-  parent -> {"slots": [[token, [query, ...]], ...]}   open one session per slot
+  parent -> {"slots": [[token, [query, ...]], ...], "tool": name}
+                                                      open one session per slot; each query is a call of
+                                                      `search_documents` or the no-op `ping` (its message)
   child  -> {"open": true}                            every session is open
   parent -> {"go": true}                              send the queries, in order, per session
   child  -> {"latencies": [...], "errors": n, "empty": n, "cpu_s": s}
@@ -32,6 +34,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 SEARCH_ARGS: dict[str, Any] = {"mode": "hybrid", "k": 5, "alpha": 0.5}
+SEARCH, NOOP = "search_documents", "ping"
+
+
+def _call(tool: str, query: str) -> tuple[str, dict[str, Any]]:
+    return (tool, {"query": query, **SEARCH_ARGS}) if tool == SEARCH else (tool, {"message": query})
 
 
 @dataclass
@@ -67,7 +74,9 @@ class RoundOutcome:
     empty: int = 0
 
 
-async def _session(url: str, token: str, queries: list[str], gates: RoundGates, outcome: RoundOutcome) -> None:
+async def _session(
+    url: str, token: str, tool: str, queries: list[str], gates: RoundGates, outcome: RoundOutcome
+) -> None:
     try:
         headers = {"Authorization": f"Bearer {token}"}
         async with (
@@ -79,22 +88,22 @@ async def _session(url: str, token: str, queries: list[str], gates: RoundGates, 
             await gates.go.wait()
             for query in queries:
                 started = time.perf_counter()
-                answer = await session.call_tool("search_documents", {"query": query, **SEARCH_ARGS})
+                answer = await session.call_tool(*_call(tool, query))
                 elapsed = time.perf_counter() - started
                 if answer.is_error:
                     outcome.errors += 1
                     continue
                 outcome.latencies.append(elapsed)
-                outcome.empty += not (answer.structured_content or {}).get("hits")
+                outcome.empty += tool == SEARCH and not (answer.structured_content or {}).get("hits")
             gates.finish_one()
     except BaseException:
         gates.fail()
         raise
 
 
-async def _round(url: str, slots: list[tuple[str, list[str]]], stdin: IO[str], stdout: IO[str]) -> None:
+async def _round(url: str, tool: str, slots: list[tuple[str, list[str]]], stdin: IO[str], stdout: IO[str]) -> None:
     gates, outcome = RoundGates(len(slots)), RoundOutcome()
-    sessions = [asyncio.create_task(_session(url, token, queries, gates, outcome)) for token, queries in slots]
+    sessions = [asyncio.create_task(_session(url, token, tool, queries, gates, outcome)) for token, queries in slots]
     try:
         await gates.all_open.wait()
         _send(stdout, {"open": True})
@@ -123,9 +132,10 @@ def child_main(url: str) -> None:
 
     gc.freeze()  # see core/heap.py: no full-GC stall inside a timed round
     while line := sys.stdin.readline().strip():
-        slots = [(token, list(queries)) for token, queries in json.loads(line)["slots"]]
+        message = json.loads(line)
+        slots = [(token, list(queries)) for token, queries in message["slots"]]
         try:
-            asyncio.run(_round(url, slots, sys.stdin, sys.stdout))
+            asyncio.run(_round(url, message.get("tool", SEARCH), slots, sys.stdin, sys.stdout))
         except Exception:  # noqa: BLE001 - reported to the parent, which stops the run
             _send(sys.stdout, {"error": traceback.format_exc(limit=5)})
             return
@@ -154,12 +164,12 @@ class McpClientProcesses:
             for _ in range(processes)
         ]
 
-    def open_round(self, slots: list[tuple[str, list[str]]]) -> list[subprocess.Popen[str]]:
+    def open_round(self, slots: list[tuple[str, list[str]]], tool: str = SEARCH) -> list[subprocess.Popen[str]]:
         """Hand the slots out and wait until every session is open; returns the children in the round."""
         shares = [slots[i :: len(self._children)] for i in range(len(self._children))]
         busy = [(child, share) for child, share in zip(self._children, shares, strict=True) if share]
         for child, share in busy:
-            self._write(child, {"slots": share})
+            self._write(child, {"slots": share, "tool": tool})
         for child, _ in busy:
             self._read(child, "open")
         return [child for child, _ in busy]

@@ -12,7 +12,11 @@ At 1, 16 and 64 concurrent clients, three paths run the same plan of queries (hy
            applies here: MCP p99 <= 1.3 x raw+emb p99. The server batches concurrent queries
            (rag/batching.py), this path does not; the report shows the server's texts per model call;
   mcp      the MCP SDK client over streamable HTTP, one session per client with its tenant's bearer token;
-           the clients are spread over `--mcp-processes` processes (bench/_mcp_clients.py says why).
+           the clients are spread over `--mcp-processes` processes (bench/_mcp_clients.py says why);
+  mcp-noop the same clients calling the same server's no-op `ping` tool (same auth, tracing, transport):
+           the MCP SDKs' own floor per call, which no search can go below.
+Targets (issue 14 §6, restating the knowledge issue's): at 1 client, MCP search p50 and p99 <= raw+emb's +
+1.1 x mcp-noop's (our search adds nothing beyond the SDK's floor); at 16 and 64, p99 mcp <= 1.3 x raw+emb.
 A level runs in rounds: each client takes a random tenant and sends `--per-session` requests; MCP sessions
 are opened before a round's clock starts and closed after it stops. Every query string is unique in the run,
 so the server's query cache never answers: MCP embeds every query, like raw+emb.
@@ -38,7 +42,7 @@ from weaviate.classes.query import HybridFusion, MetadataQuery
 from weaviate.classes.tenants import Tenant, TenantActivityStatus
 
 from bench._corpus import Doc, paragraphs, small_markdown_docs, stdlib_docs
-from bench._mcp_clients import McpClientProcesses
+from bench._mcp_clients import NOOP, SEARCH, McpClientProcesses
 from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
 from bench._stack import BenchStack, Deployment, add_env_option, bench_stack, env_from
 from core.heap import freeze_startup_heap
@@ -54,7 +58,8 @@ from rag.store import DocumentInfo, StoredChunk, now_iso
 from tests.conftest import settings_from
 
 TARGET = 1.3
-PATHS = ("raw-vec", "raw+emb", "mcp")
+FLOOR_FACTOR = 1.1  # at one client: mcp <= raw+emb + FLOOR_FACTOR x mcp-noop
+PATHS = ("raw-vec", "raw+emb", "mcp", "mcp-noop")
 DOCS_PER_TENANT = 3
 INACTIVE_NOTE = (
     "Weaviate tenants are INACTIVE (files closed) except those a level queries, which are activated before its "
@@ -345,11 +350,17 @@ def server_stats(url: str) -> dict[str, float]:
 
 
 def mcp_round(
-    clients: McpClientProcesses, url: str, tokens: dict[str, str], slots: list[Slot], result: PathResult, cpu: CpuReader
+    clients: McpClientProcesses,
+    url: str,
+    tokens: dict[str, str],
+    slots: list[Slot],
+    result: PathResult,
+    cpu: CpuReader,
+    tool: str = SEARCH,
 ) -> None:
     """Every client opens its session (untimed), then all send their queries; timed from go to the last answer.
     The server's histogram is read while the clients wait, before go and after the last answer."""
-    children = clients.open_round([(tokens[s.tenant], s.queries) for s in slots])
+    children = clients.open_round([(tokens[s.tenant], s.queries) for s in slots], tool)
     server_before = server_stats(url)
     before, started = cpu(), time.perf_counter()
     clients.go(children)
@@ -398,12 +409,21 @@ RATIO_HEADERS = [
     "p99 added ms",
     "p50 mcp/raw+emb",
     "p50 added ms",
-    "mean mcp/raw+emb",
+    "p50 noop ms",
+    "p99 noop ms",
+    "p50 mcp/floor",
+    "p99 mcp/floor",
     "p99 mcp/raw-vec",
     "req/s mcp/raw+emb",
     "CPU/req mcp/raw+emb",
+    "target",
     "",
 ]
+
+
+def floor_ratio(mcp: PathResult, emb: PathResult, noop: PathResult, q: float) -> float:
+    """MCP search over its floor: raw+emb's latency plus FLOOR_FACTOR x the no-op tool's, at quantile q."""
+    return mcp.p(q) / (emb.p(q) + FLOOR_FACTOR * noop.p(q))
 
 
 def latency_row(r: PathResult) -> tuple[object, ...]:
@@ -427,22 +447,45 @@ def latency_row(r: PathResult) -> tuple[object, ...]:
     )
 
 
-def ratio_row(mcp: PathResult, emb: PathResult, vec: PathResult) -> tuple[object, ...]:
-    met = mcp.p(99) / emb.p(99) <= TARGET and mcp.errors == 0
+def ratio_row(mcp: PathResult, emb: PathResult, vec: PathResult, noop: PathResult) -> tuple[object, ...]:
     if mcp.asleep:
-        return (mcp.level, *(math.nan,) * 8, f"INVALID: {mcp.asleep} tenants went INACTIVE during the level")
+        return (mcp.level, *(math.nan,) * 12, f"INVALID: {mcp.asleep} tenants went INACTIVE during the level")
+    if mcp.level == 1:
+        target = f"p50, p99 <= raw+emb + {FLOOR_FACTOR} x noop"
+        met = max(floor_ratio(mcp, emb, noop, 50), floor_ratio(mcp, emb, noop, 99)) <= 1.0
+    else:
+        target = f"p99 <= {TARGET} x raw+emb"
+        met = mcp.p(99) / emb.p(99) <= TARGET
+    met = met and mcp.errors == 0 and noop.errors == 0
     return (
         mcp.level,
         mcp.p(99) / emb.p(99),
         mcp.p(99) - emb.p(99),
         mcp.p(50) / emb.p(50),
         mcp.p(50) - emb.p(50),
-        mcp.client_ms / emb.client_ms,
+        noop.p(50),
+        noop.p(99),
+        floor_ratio(mcp, emb, noop, 50),
+        floor_ratio(mcp, emb, noop, 99),
         mcp.p(99) / vec.p(99),
         mcp.throughput / emb.throughput,
         mcp.cpu_ms() / emb.cpu_ms(),
+        target,
         "PASS" if met else "MISS",
     )
+
+
+def worst_figure(by: dict[tuple[str, int], PathResult], levels: list[int]) -> float:
+    """The level-by-level figure each target judges, as a ratio to its bound (<= 1.0 passes everywhere)."""
+    figures = []
+    for n in levels:
+        mcp, emb = by[("mcp", n)], by[("raw+emb", n)]
+        if n == 1:
+            noop = by[("mcp-noop", n)]
+            figures.append(max(floor_ratio(mcp, emb, noop, 50), floor_ratio(mcp, emb, noop, 99)))
+        else:
+            figures.append(mcp.p(99) / emb.p(99) / TARGET)
+    return max(figures)
 
 
 def report(results: list[PathResult], setup: list[tuple[str, object]]) -> None:
@@ -457,11 +500,18 @@ def report(results: list[PathResult], setup: list[tuple[str, object]]) -> None:
     OUT.print(table(title, LATENCY_HEADERS, [latency_row(r) for r in results]))
     by = {(r.path, r.level): r for r in results}
     levels = sorted({r.level for r in results})
-    rows = [ratio_row(by[("mcp", n)], by[("raw+emb", n)], by[("raw-vec", n)]) for n in levels]
-    OUT.print(table(f"Ratios (target: p99 mcp / raw+emb <= {TARGET} at every level)", RATIO_HEADERS, rows))
-    worst = max(by[("mcp", n)].p(99) / by[("raw+emb", n)].p(99) for n in levels)
+    rows = [ratio_row(by[("mcp", n)], by[("raw+emb", n)], by[("raw-vec", n)], by[("mcp-noop", n)]) for n in levels]
+    floor = f"floor = raw+emb + {FLOOR_FACTOR} x the no-op tool over the same MCP stack"
+    OUT.print(table(f"Ratios (mcp-noop = the `ping` tool; {floor})", RATIO_HEADERS, rows))
     met = all(row[-1] == "PASS" for row in rows)
-    OUT.print(verdict("retrieval p99 mcp / raw+emb, worst level", worst, f"<= {TARGET} at every level", met))
+    OUT.print(
+        verdict(
+            "retrieval: worst level's figure over its bound",
+            worst_figure(by, levels),
+            f"<= 1.0 (1 client: p50 and p99 mcp <= {floor}; 16 and 64: p99 mcp <= {TARGET} x raw+emb)",
+            met,
+        )
+    )
 
 
 def main() -> None:
@@ -582,7 +632,7 @@ class LevelRunner:
     def run(
         self, level: int, tenants: list[str], maker: QueryMaker, requests: int = 0, per_session: int = 0
     ) -> list[PathResult]:
-        """The three paths over one plan, interleaved round by round (in rotating order), so that load changes
+        """The paths over one plan, interleaved round by round (in rotating order), so that load changes
         on the machine hit every path alike; raw-vec's vectors are computed before any clock starts."""
         plan = plan_level(level, requests or self.args.requests, per_session or self.args.per_session, tenants, maker)
         active = sorted({s.tenant for slots in plan for s in slots})
@@ -611,14 +661,20 @@ class LevelRunner:
                 pool, slots, lambda t, q: self.hybrid(t, q, self.embedder.embed([q])[0]), results["raw+emb"], self.cpu
             ),
             "mcp": lambda slots: mcp_round(self.mcp, self.url, self.tokens, slots, results["mcp"], self.cpu),
+            "mcp-noop": lambda slots: mcp_round(
+                self.mcp, self.url, self.tokens, slots, results["mcp-noop"], self.cpu, NOOP
+            ),
         }
         deadline = time.monotonic() + self.args.level_timeout
         with ThreadPoolExecutor(level) as pool, progress() as bar:
-            task = bar.add_task(f"{level} concurrent clients", total=len(plan), detail="rounds (3 paths each)")
+            task = bar.add_task(
+                f"{level} concurrent clients", total=len(plan), detail=f"rounds ({len(PATHS)} paths each)"
+            )
             for number, slots in enumerate(plan):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{level} clients: {self.args.level_timeout:.0f}s exceeded")
-                for path in PATHS[number % 3 :] + PATHS[: number % 3]:
+                turn = number % len(PATHS)
+                for path in PATHS[turn:] + PATHS[:turn]:
                     rounds[path](slots)
                 bar.advance(task)
         return [results[path] for path in PATHS]
