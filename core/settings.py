@@ -9,6 +9,7 @@ the same two kinds of names in a ``.env`` file, then the defaults below.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,6 +22,8 @@ from pydantic_settings.sources import DotenvType
 
 ENV_PREFIX = "ORCHESTRION_"
 NESTED_DELIMITER = "__"
+HIDDEN = "**********"  # what pydantic prints for a SecretStr
+_URL_PASSWORD = re.compile(r"(?P<keep>://[^/@:]*:)[^/@]*@")
 
 
 def _default_data_dir() -> Path:
@@ -428,6 +431,14 @@ class Settings(BaseSettings):
             raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
         return value
 
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON data with every secret hidden: keys (SecretStr), static tokens (the tenants
+        are shown, not the tokens) and passwords inside URLs (redis://:pw@host, postgresql://u:pw@host)."""
+        data = self.model_dump(mode="json")
+        tenants = sorted(self.tenants.static_tokens.values())
+        data["tenants"]["static_tokens"] = {f"{HIDDEN}#{n}": tenant for n, tenant in enumerate(tenants, 1)}
+        return _hide_url_passwords(data)  # type: ignore[no-any-return]
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -439,6 +450,16 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         standard = _StandardNamesSource(settings_cls, settings_cls.model_config.get("env_file"))
         return init_settings, env_settings, standard, dotenv_settings
+
+
+def _hide_url_passwords(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _hide_url_passwords(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_url_passwords(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\g<keep>{HIDDEN}@", value)
+    return value
 
 
 def env_name(location: tuple[str | int, ...]) -> str:

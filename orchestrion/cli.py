@@ -237,7 +237,7 @@ def status() -> None:
 @_clear_errors
 def config() -> None:
     """Print the effective settings (secrets hidden) as JSON."""
-    print(_settings().model_dump_json(indent=2))
+    print(json.dumps(_settings().redacted(), indent=2))
 
 
 def main() -> None:
