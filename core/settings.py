@@ -153,6 +153,16 @@ class ServerSettings(BaseModel):
     mcp_port: int = Field(
         default=8401, ge=0, le=65535, description="Port of a standalone `orchestrion mcp serve --http`."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Host header values MCP HTTP accepts besides loopback and public_url\'s ("name:*": any '
+        "port), e.g. the service name other containers use. Others get 421 (DNS-rebinding protection).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origin header values MCP HTTP accepts besides loopback and public_url's (browser-based "
+        'clients, e.g. ["https://ide.example.com"]). Other origins get 403; a request without Origin passes.',
+    )
     log_format: Literal["json", "console"] = Field(default="json", description="Server log format.")
     backlog: int = Field(
         default=4096,
