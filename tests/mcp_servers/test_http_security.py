@@ -4,6 +4,7 @@ serve` and `orchestrion mcp --http` serve, driven in process over ASGI."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,15 @@ import anyio
 import httpx
 import pytest
 
-from core.settings import Settings
+from core.settings import ServerSettings, Settings
 from core.tenancy import tenant_registry
 from mcp_servers.context import ServerDeps
 from mcp_servers.http import mcp_http_app
 from mcp_servers.server import build_server
+from orchestrion.launcher import services
+from orchestrion.launcher.supervisor import launch
+from rag.services import RagServices
+from tests.conftest import CONSOLE, free_port
 
 PUBLIC = "https://orch.example.test"
 INITIALIZE = {
@@ -28,8 +33,8 @@ INITIALIZE = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    server = {"host": "0.0.0.0", "port": 8400, "public_url": PUBLIC,
-              "allowed_hosts": ["orchestrion:*"], "allowed_origins": ["https://ide.example.test"]}  # fmt: skip
+    server = ServerSettings(host="0.0.0.0", port=8400, public_url=PUBLIC, allowed_hosts=["orchestrion:*"],
+                            allowed_origins=["https://ide.example.test"])  # fmt: skip
     return Settings(data_dir=tmp_path, server=server)
 
 
@@ -106,3 +111,28 @@ def test_without_a_valid_token_the_answer_is_the_project_error_shape(settings: S
             f'resource_metadata="{PUBLIC}/.well-known/oauth-protected-resource/mcp"'
             in answer.headers["www-authenticate"]
         )
+
+
+def test_the_standalone_http_server_bound_to_every_interface_checks_host_and_token(
+    stack_env: dict[str, str], rag: RagServices, tenant: str, services_dir: Path
+) -> None:
+    port = free_port()
+    env = {**stack_env, "ORCHESTRION_SERVER__HOST": "0.0.0.0"}
+    spec = services.ServiceSpec(
+        name="mcp-http-any", argv=[sys.executable, "-m", "orchestrion", "mcp", "all", "--http", "--port", str(port)],
+        env=env, healthy=services.http_ok(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"),
+        start_timeout_s=180.0,
+    )  # fmt: skip
+    process = launch(spec, services_dir / "logs", CONSOLE)
+    try:
+        url, token = f"http://127.0.0.1:{port}/mcp", rag.registry.issue_token(tenant)
+        base = {"Accept": "application/json, text/event-stream", "Authorization": f"Bearer {token}"}
+        served = httpx.post(url, json=INITIALIZE, headers=base, timeout=30)
+        rebound = httpx.post(url, json=INITIALIZE, headers={**base, "Host": "evil.example.test"}, timeout=30)
+        foreign = httpx.post(url, json=INITIALIZE, headers={**base, "Origin": "https://evil.example.test"}, timeout=30)
+        anonymous = httpx.post(url, json=INITIALIZE, headers={"Accept": base["Accept"]}, timeout=30)
+    finally:
+        process.stop()
+    assert served.status_code == 200 and _json_rpc_result(served)["serverInfo"]["name"] == "orchestrion"
+    assert (rebound.status_code, foreign.status_code) == (421, 403)
+    assert anonymous.status_code == 401 and anonymous.json()["code"] == "unauthenticated"
