@@ -29,6 +29,7 @@ from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.stack import resolve_endpoints
 from mcp_servers.context import ServerDeps
+from mcp_servers.http import mcp_http_app
 from mcp_servers.ping import orchestrion_version
 from mcp_servers.server import build_server
 from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
@@ -113,7 +114,7 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
     endpoints = resolve_endpoints(settings)
     deps = ServerDeps()
     mcp = build_server("all", settings, deps, http_base_url=public_url(settings))
-    mcp_app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, host=settings.server.host)
+    mcp_app = mcp_http_app(mcp, settings, public_url(settings), MCP_PATH)
     state: dict[str, Any] = {}
 
     @asynccontextmanager

@@ -9,6 +9,7 @@ the same two kinds of names in a ``.env`` file, then the defaults below.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -21,6 +22,8 @@ from pydantic_settings.sources import DotenvType
 
 ENV_PREFIX = "ORCHESTRION_"
 NESTED_DELIMITER = "__"
+HIDDEN = "**********"  # what pydantic prints for a SecretStr
+_URL_PASSWORD = re.compile(r"(?P<keep>://[^/@:]*:)[^/@]*@")
 
 
 def _default_data_dir() -> Path:
@@ -149,6 +152,16 @@ class ServerSettings(BaseModel):
     )
     mcp_port: int = Field(
         default=8401, ge=0, le=65535, description="Port of a standalone `orchestrion mcp serve --http`."
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Host header values MCP HTTP accepts besides loopback and public_url\'s ("name:*": any '
+        "port), e.g. the service name other containers use. Others get 421 (DNS-rebinding protection).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origin header values MCP HTTP accepts besides loopback and public_url's (browser-based "
+        'clients, e.g. ["https://ide.example.com"]). Other origins get 403; a request without Origin passes.',
     )
     log_format: Literal["json", "console"] = Field(default="json", description="Server log format.")
     backlog: int = Field(
@@ -428,6 +441,14 @@ class Settings(BaseSettings):
             raise ValueError("chunk_overlap_tokens must be below chunk_tokens")
         return value
 
+    def redacted(self) -> dict[str, Any]:
+        """The settings as JSON data with every secret hidden: keys (SecretStr), static tokens (the tenants
+        are shown, not the tokens) and passwords inside URLs (redis://:pw@host, postgresql://u:pw@host)."""
+        data = self.model_dump(mode="json")
+        tenants = sorted(self.tenants.static_tokens.values())
+        data["tenants"]["static_tokens"] = {f"{HIDDEN}#{n}": tenant for n, tenant in enumerate(tenants, 1)}
+        return _hide_url_passwords(data)  # type: ignore[no-any-return]
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -439,6 +460,16 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         standard = _StandardNamesSource(settings_cls, settings_cls.model_config.get("env_file"))
         return init_settings, env_settings, standard, dotenv_settings
+
+
+def _hide_url_passwords(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _hide_url_passwords(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hide_url_passwords(v) for v in value]
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(rf"\g<keep>{HIDDEN}@", value)
+    return value
 
 
 def env_name(location: tuple[str | int, ...]) -> str:

@@ -276,9 +276,9 @@ class Runner:
                 )
             except OrchestrionError as exc:
                 return await self._failed(run, str(exc))
-            except Exception as exc:
+            except Exception:
                 log.exception("run %s failed", run.run_id)
-                return await self._failed(run, f"internal error ({type(exc).__name__}); trace id {run.trace_id}")
+                return await self._failed(run, f"internal error; trace id {run.trace_id}")
             span.set_attribute("run.status", done.status)
             span.set_attribute("run.plan_source", done.plan_source)
             return done

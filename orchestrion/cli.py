@@ -172,6 +172,7 @@ def mcp_command(
     import anyio
 
     from mcp_servers.context import ServerDeps
+    from mcp_servers.http import serve_mcp_http
     from mcp_servers.server import build_server
     from observability.logs import configure_logging
     from orchestrion.wiring import open_host
@@ -185,7 +186,7 @@ def mcp_command(
         host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
         base = settings.server.public_url or f"http://{host}:{chosen}"
         mcp = build_server(server, settings, ServerDeps(), http_base_url=base, open_host=open_host)
-        anyio.run(lambda: mcp.run_streamable_http_async(host=settings.server.host, port=chosen))
+        anyio.run(serve_mcp_http, mcp, settings, base, chosen)
     else:
         deps = ServerDeps(local_tenant=settings.tenants.default)
         mcp = build_server(server, settings, deps, http_base_url=None, open_host=open_host)
@@ -237,7 +238,7 @@ def status() -> None:
 @_clear_errors
 def config() -> None:
     """Print the effective settings (secrets hidden) as JSON."""
-    print(_settings().model_dump_json(indent=2))
+    print(json.dumps(_settings().redacted(), indent=2))
 
 
 def main() -> None:

@@ -3,7 +3,6 @@ corpus on first run, and one search answered with citations."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from rich.console import Console
 
 from core.errors import OrchestrionError
 from core.settings import Settings
+from core.tenancy import write_private
 from orchestrion.knowledge import files_under, ingest_files, print_hits, provision, report_jobs
 from rag.store import SearchHit
 from workers.client import open_rag_with_queue
@@ -34,8 +34,7 @@ def local_token(settings: Settings, issue: Callable[[], str]) -> str:
     if path.is_file():
         return path.read_text().strip()
     token: str = issue()
-    path.write_text(token + "\n")
-    os.chmod(path, 0o600)
+    write_private(path, token + "\n")
     return token
 
 

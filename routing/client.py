@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -40,17 +41,24 @@ from langchain_core.messages.ai import add_usage
 from langfuse import Langfuse
 
 from core.errors import InvalidInputError, OrchestrionError
+from observability.propagation import current_trace_id
 from routing.balancer import Balancer, Lease
 from routing.calls import Ask, Failure, OnChunk, OutputSchema, chat_model, classify, prepare, to_messages, whole_chunk
 from routing.fleet import Deployment, Fleet
 from routing.ledger import Ledger, Reservation, ResponseCache
 from routing.router import Decision, Router
 
+log = logging.getLogger(__name__)
 OnToken = Callable[[str], Awaitable[None]]
 
 
 class ModelUnavailableError(OrchestrionError):
-    """Every deployment that could answer failed or is cooling down."""
+    """Every deployment that could answer failed or is cooling down. The message is for clients and names
+    nothing of the fleet; `attempts` (deployment: reason) is for logs and tests."""
+
+    def __init__(self, message: str, attempts: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.attempts = list(attempts)
 
 
 class BudgetExceededError(OrchestrionError):
@@ -330,16 +338,21 @@ class ModelClient:
                         return outcome
                     failure, opened = outcome
                     if failure.request_refused:
-                        raise InvalidInputError(f"the model refused the request ({deployment.name}: {failure.reason})")
+                        log.info("%s refused the request: %s", deployment.name, failure.reason,
+                                 extra={"deployment": deployment.name})  # fmt: skip
+                        # The provider's words say what to change in the request; the deployment stays ours.
+                        raise InvalidInputError(f"the model refused the request ({failure.reason})")
                     attempts.append(f"{deployment.name}: {failure.reason}")
                     if opened or not failure.retryable:
                         break
         if not any(self.fleet.in_tier(t) for t in order):
             raise ModelUnavailableError(f"no deployment serves tier {decision.tier!r}" + (
                 " or a higher one" if len(order) > 1 else ""))  # fmt: skip
+        log.warning("no model deployment could answer", extra={"tier": decision.tier, "attempts": attempts or
+                    ["every one is cooling down or at its max_concurrency"]})  # fmt: skip
+        trace_id = current_trace_id()
         raise ModelUnavailableError(
-            "no model deployment could answer"
-            + (f": {'; '.join(attempts)}" if attempts else ": every one is cooling down or at its max_concurrency")
+            "no model could answer right now; retry later" + (f" (trace id {trace_id})" if trace_id else ""), attempts
         )
 
     async def _attempt(

@@ -12,7 +12,7 @@ from weaviate.exceptions import WeaviateBaseError
 
 from core.errors import NotFoundError
 from observability.propagation import current_trace_id
-from rag.jobs import FINAL_STATES, JobState
+from rag.jobs import FINAL_STATES, JobState, JobStore
 from workers.app import INGEST_TASK
 from workers.fair_dispatch import connect_worker_hooks
 
@@ -36,13 +36,21 @@ class _IngestTask(Task):  # type: ignore[misc]
 
         job_id = args[0]
         try:
-            jobs = rag_services().jobs
-            status = jobs.load(job_id)
-            if status.state not in FINAL_STATES:
-                jobs.update(status, state=JobState.FAILED, error=f"gave up: {type(exc).__name__}: {exc}")
+            record_gave_up(rag_services().jobs, job_id, exc)
         except (NotFoundError, *TRANSIENT):
             # The record expired, or Redis is what failed: the task's own failure is logged by Celery.
             log.warning("could not mark ingest job %s failed", job_id, exc_info=True)
+
+
+def record_gave_up(jobs: JobStore, job_id: str, exc: BaseException) -> None:
+    """Mark a job failed on an unexpected error or exhausted retries. The client reads a generic reason with
+    the trace id; the exception (hosts, ports, driver messages) goes to the worker's log under that id."""
+    log.error("ingest job %s gave up", job_id, exc_info=exc, extra={"job_id": job_id, "error": type(exc).__name__})
+    status = jobs.load(job_id)
+    if status.state not in FINAL_STATES:
+        trace_id = current_trace_id()
+        reason = "gave up after an internal error; retry later" + (f" (trace id {trace_id})" if trace_id else "")
+        jobs.update(status, state=JobState.FAILED, error=reason)
 
 
 @shared_task(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 
 from core.errors import ConfigurationError, InvalidInputError
 from core.settings import Settings
+from observability.propagation import attached_from
 from orchestrion.launcher import services
 from orchestrion.launcher.ports import PortBook
 from orchestrion.launcher.supervisor import launch
@@ -24,7 +26,7 @@ from routing.ledger import Ledger, Refusal, Reservation, ResponseCache
 from routing.redis_loop import LoopRedis
 from routing.router import Router, TenantPolicy
 from routing.services import api_keys, configured_fleet
-from tests.conftest import CONSOLE
+from tests.conftest import CONSOLE, free_port
 from tests.provider_simulator import ProviderSimulator
 
 ASK = [{"role": "user", "content": "Name a primary colour."}]
@@ -160,10 +162,37 @@ def test_timeouts_are_retried_then_reported(valkey: str, simulators: list[Provid
     for sim in simulators:
         sim.behaviour.delay_s = 3.0  # beyond the deployments' 1 s timeout
     client = _client(valkey, _sim_fleet(simulators, fallback_to_next_tier=False))
-    with pytest.raises(ModelUnavailableError, match="timeout"):
+    with pytest.raises(ModelUnavailableError) as raised:
         _complete(client, bypass_cache=True)
+    assert sorted(raised.value.attempts) == sorted(f"{s.name}: timeout" for s in simulators for _ in range(2))
     assert all(s.behaviour.calls == 2 for s in simulators)  # one try + one retry each
     assert all(_health(client, s.name).in_flight == 0 for s in simulators)  # every lease went back
+
+
+def test_an_unavailable_model_tells_the_client_nothing_of_the_fleet(
+    valkey: str, simulators: list[ProviderSimulator], caplog: pytest.LogCaptureFixture
+) -> None:
+    simulators[0].behaviour.status = 503
+    simulators[1].behaviour.delay_s = 3.0  # beyond the 1 s timeout
+    closed_port = free_port()
+    fleet = _sim_fleet(simulators, fallback_to_next_tier=False)
+    fleet.deployments.append(fleet.deployments[0].model_copy(
+        update={"name": "gpu-box-7", "base_url": f"http://127.0.0.1:{closed_port}/v1"}))  # fmt: skip
+    client = _client(valkey, fleet)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    request_trace = attached_from({"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    logs = caplog.at_level(logging.WARNING, "routing.client")
+    with logs, pytest.raises(ModelUnavailableError) as raised, request_trace:
+        _complete(client, bypass_cache=True)
+
+    told = str(raised.value)
+    assert f"trace id {trace_id}" in told and "retry later" in told
+    ports = [str(s.port) for s in simulators] + [str(closed_port)]
+    for internal in ("sim-a", "sim-b", "gpu-box-7", "127.0.0.1", *ports, "503", "timeout", "connection", "Error"):
+        assert internal not in told, (internal, told)
+    [logged] = [r for r in caplog.records if r.getMessage() == "no model deployment could answer"]
+    assert {"sim-a: HTTP 503", "sim-b: timeout", "gpu-box-7: connection failed"} <= set(vars(logged)["attempts"])
 
 
 def test_a_cancelled_call_returns_its_lease_at_once(valkey: str, simulators: list[ProviderSimulator]) -> None:
@@ -265,9 +294,10 @@ def test_a_request_the_provider_refuses_is_neither_retried_nor_held_against_anyo
         sim.behaviour.status = 400  # e.g. a prompt over the context length: every deployment would refuse it
     client = _client(valkey, _sim_fleet(simulators), failures_to_open=1)
     for _ in range(3):
-        refused = r"the model refused the request \(sim-.: HTTP 400: simulated 400\)"
-        with pytest.raises(InvalidInputError, match=refused):
+        with pytest.raises(InvalidInputError) as refused:
             _complete(client, bypass_cache=True)
+        # The provider's words say what to change; which of our deployments said them is not the caller's.
+        assert str(refused.value) == "the model refused the request (HTTP 400: simulated 400)"
     assert sum(s.behaviour.calls for s in simulators) == 3  # one deployment each time, no retry, no failover
     assert all(_health(client, s.name).status == "closed" for s in simulators)  # no circuit opened
 
