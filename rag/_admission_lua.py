@@ -23,7 +23,8 @@ from __future__ import annotations
 # horizon min s, horizon max s, max wait s, jitter in [0, 1), replaced (a '1' or '0' per document: '1' when
 # its finished job no longer holds its key, the stored document being another version or gone), then per
 # document: job id, job record, payload.
-# Returns {admitted (1/0), waiting before (at the level that refused, else global), new documents, jobs taken
+# Returns {admitted (1/0; -1: a document's idempotency key holds a job of other content, its 1-based position
+# third), waiting before (at the level that refused, else global), new documents, jobs taken
 # over, per document the existing job's record or '' for a new one (empty when refused), retry after s
 # (refused), documents ahead in the line, the level that refused (1-based; 0 when admitted)}.
 ADMIT = """
@@ -64,10 +65,17 @@ local found, new = {}, {}
 for i = 1, (#KEYS - K) / 3 do
   local holder = redis.call('GET', KEYS[K + 3 * i - 2])
   local record = holder and redis.call('GET', job_prefix .. holder)
-  local state = record and cjson.decode(record).state
+  local held = record and cjson.decode(record)
+  local state = held and held.state
   -- Neither a failed job nor an expired one holds its key, nor a done one whose document was replaced or
   -- deleted since: this submission takes it over.
   if record and state ~= 'failed' and not (state == 'done' and string.sub(replaced, i, i) == '1') then
+    -- A key held for other content: answering with its job would drop this content silently. Checked here,
+    -- not before the script, so two submissions racing with one key cannot both pass.
+    local hash = held.content_hash or ''
+    if hash ~= '' and hash ~= cjson.decode(ARGV[A + 3 * i - 1]).content_hash then
+      return {-1, 0, i, stale, {}, 0, 0, 0}
+    end
     found[i] = record
   else
     found[i] = ''

@@ -95,14 +95,15 @@ class IngestService:
         docs = [
             (str(d.meta["doc_id"]), key, JobPayload(d.content, d.meta)) for d, key in zip(accepted, keys, strict=True)
         ]
-        if idempotency_key:
-            self._check_key_reuse(tenant, idempotency_key, keys, accepted)
-            replaced: list[bool] = []
-        else:
-            replaced = self._replaced_since(tenant, keys, accepted)
+        replaced = [] if idempotency_key else self._replaced_since(tenant, keys, accepted)
         limits = self.settings.ingest_queue_limit, self.settings.ingest_tenant_queue_limit
         admission = self.jobs.admit(tenant, docs, limits[0], replaced, tenant_limit=limits[1])
         self._take_over(admission.taken_over)
+        if admission.key_reused_at is not None:
+            raise IdempotencyKeyReusedError(
+                f"Idempotency-Key {idempotency_key!r} was used for other content (document {admission.key_reused_at} "
+                "differs from the first submission's): use a new key for a new submission"
+            )
         if admission.refused:
             raise self._refusal(admission)
         self._enqueue_new(tenant, admission, keys)
@@ -110,20 +111,6 @@ class IngestService:
 
     def status(self, tenant: str, job_id: str) -> JobStatus:
         return self.jobs.get(tenant, job_id)
-
-    def _check_key_reuse(
-        self, tenant: str, idempotency_key: str, keys: Sequence[str], accepted: Sequence[_Accepted]
-    ) -> None:
-        """An Idempotency-Key answers again only the submission it was first used for: other content under
-        it would be answered with the first one's jobs and never ingested."""
-        held = self.jobs.held_by(tenant, keys)
-        for position, (key, doc) in enumerate(zip(keys, accepted, strict=True)):
-            job = held.get(key)
-            if job is not None and job.content_hash and job.content_hash != doc.content_hash:
-                raise IdempotencyKeyReusedError(
-                    f"Idempotency-Key {idempotency_key!r} was used for other content (document {position} differs "
-                    "from the first submission's): use a new key for a new submission"
-                )
 
     def _replaced_since(self, tenant: str, keys: Sequence[str], accepted: Sequence[_Accepted]) -> list[bool]:
         """Per document: its content's job is done, but the store holds another version of it, or none. That

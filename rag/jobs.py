@@ -129,6 +129,7 @@ class Admission:
     retry_after_s: int = 0  # refused: when to come back, about when this submission's turn comes
     ahead: int = 0  # refused: documents of other refused submissions ahead of this one in the line
     by_tenant_limit: bool = False  # refused (or too large) by the tenant's own limit, not the global one
+    key_reused_at: int | None = None  # refused: this document's idempotency key holds a job of other content
 
     @property
     def refused(self) -> bool:
@@ -205,6 +206,9 @@ class JobStore:
             args += [status.job_id, _encode(status), json.dumps(payload.meta).encode() + b"\n" + payload.content]
         ok, waiting, new, stale, found, retry_after, ahead, level = self._admit(keys=keys, args=args)
         taken_over = [_bytes(job_id).decode() for job_id in stale]
+        if ok == -1:
+            reused = list(firsts)[int(new) - 1]
+            return Admission([], 0, 0, taken_over, key_reused_at=next(i for i, d in enumerate(docs) if d[1] == reused))
         if not ok:
             return Admission([], int(waiting), int(new), taken_over, int(retry_after), int(ahead), int(level) == 1)
         answers = {
