@@ -263,6 +263,12 @@ class RagSettings(BaseModel):
         "between tasks. 0: no bound, every job goes to Celery at once, first come first served.",
     )
     job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
+    ingest_sweep_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a worker, as it finishes a job, drops the submitted bytes of jobs that ended without "
+        "dropping them (a process died in between); each final state drops its job's bytes itself.",
+    )
     tenant_idle_offload_s: float = Field(
         default=900.0,
         ge=0,

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 
+import redis
+
 from core.errors import (
     BusyError,
     EmbeddingMismatchError,
@@ -25,7 +27,7 @@ from rag.doc_ids import check_doc_id, doc_id_for_path
 from rag.documents import DocType
 from rag.embedding import Embedder
 from rag.filters import Scalar, check_meta_key
-from rag.jobs import Admission, JobPayload, JobState, JobStatus, JobStore
+from rag.jobs import FINAL_STATES, Admission, JobPayload, JobState, JobStatus, JobStore
 from rag.parsing import detect_type, parse
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
 
@@ -225,7 +227,7 @@ class IngestService:
         status = self.jobs.load(job_id)
         # The queue limits bound jobs accepted and not yet started, so the slots go back now.
         self.jobs.started(status.tenant, job_id)
-        if status.state == JobState.DONE:
+        if status.state in FINAL_STATES:  # a redelivery of a job that ended: its payload is gone, its outcome stays
             return status
         status.started_at = time.time()  # recorded with the first stage
         started = time.perf_counter()
@@ -235,8 +237,16 @@ class IngestService:
             log.warning("ingest job %s failed: %s", job_id, exc)
             return self.jobs.update(status, state=JobState.FAILED, error=str(exc))
         self.jobs.record_duration(time.perf_counter() - started)
-        self.jobs.drop_payload(job_id)
+        self._sweep()
         return status
+
+    def _sweep(self) -> None:
+        """Workers sweep orphaned payloads as they finish jobs (rag/jobs.py `sweep`): no scheduler to run."""
+        try:
+            if dropped := self.jobs.sweep(self.settings.ingest_sweep_interval_s):
+                log.info("dropped %d orphaned ingest payload(s)", dropped)
+        except redis.RedisError:
+            log.warning("could not sweep orphaned ingest payloads", exc_info=True)
 
     def _run(self, status: JobStatus) -> JobStatus:
         payload = self.jobs.payload(status.job_id)

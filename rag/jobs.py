@@ -311,10 +311,16 @@ class JobStore:
         return status
 
     def update(self, status: JobStatus, **changes: Any) -> JobStatus:
+        """Record the job's new state. A final one drops the submitted bytes with it: nothing reads them again
+        (a retry of a failed job is a new job), and a failed job's would otherwise hold memory for the job TTL."""
         for name, value in changes.items():
             setattr(status, name, value)
         status.updated_at = time.time()
-        self._redis.set(self._job_key(status.job_id), _encode(status), ex=self._ttl)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._job_key(status.job_id), _encode(status), ex=self._ttl)
+            if status.state in FINAL_STATES:
+                pipe.delete(self._payload_key(status.job_id))
+            pipe.execute()
         return status
 
     def payload(self, job_id: str) -> JobPayload:
@@ -324,8 +330,27 @@ class JobStore:
         meta, _, content = _bytes(raw).partition(b"\n")
         return JobPayload(content=content, meta=json.loads(meta))
 
-    def drop_payload(self, job_id: str) -> None:
-        self._redis.delete(self._payload_key(job_id))
+    def sweep(self, interval_s: float, steps: int = 10) -> int:
+        """Drop the submitted bytes of jobs that ended or expired without dropping them (a process that died
+        between the two, or records written before final states dropped them). At most once per `interval_s`
+        across processes, `steps` SCAN pages at a time from where the last sweep stopped, so no caller pays
+        for a whole keyspace. Returns how many payloads it dropped."""
+        if not self._redis.set(f"{self._prefix}:ingest:sweep", b"1", nx=True, ex=max(1, int(interval_s))):
+            return 0
+        cursor_key = f"{self._prefix}:ingest:sweep:cursor"
+        cursor, dropped = int(self._redis.get(cursor_key) or 0), 0
+        pattern = self._payload_key("*")
+        for _ in range(steps):
+            cursor, keys = self._redis.scan(cursor, match=pattern, count=1000)
+            if keys:
+                job_ids = [_bytes(key).decode().rpartition(":")[2] for key in keys]
+                records = self._redis.mget([self._job_key(job_id) for job_id in job_ids])
+                orphans = [key for key, raw in zip(keys, records, strict=True) if raw is None or _ended(raw)]
+                dropped += self._redis.delete(*orphans) if orphans else 0
+            if cursor == 0:
+                break
+        self._redis.set(cursor_key, cursor)
+        return dropped
 
     def record_duration(self, seconds: float) -> int:
         """Moving average of a job's run time: the slowest pace live workers drain the queue at. Returns how
@@ -345,6 +370,10 @@ class JobStore:
     def _load(self, job_id: str) -> JobStatus | None:
         raw = self._redis.get(self._job_key(job_id))
         return None if raw is None else _decode(_bytes(raw))
+
+
+def _ended(raw: bytes | str) -> bool:
+    return JobState(json.loads(raw)["state"]) in FINAL_STATES
 
 
 def _encode(status: JobStatus) -> bytes:

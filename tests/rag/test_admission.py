@@ -282,6 +282,7 @@ def test_jobs_that_cannot_be_queued_are_withdrawn_and_free_their_slots(
     jobs = [p.jobs.load(text_of(key).rsplit(":", 1)[1]) for key in p.redis.keys(f"{p.prefix}:job:*")]
     failed = [j for j in jobs if j.job_id != kept.job_id]
     assert [(j.state, j.error) for j in failed] == [(JobState.FAILED, "could not be queued")] * 2
+    assert p.redis.exists(f"{p.prefix}:jobdata:{kept.job_id}") and p.keys("jobdata") == 1  # theirs dropped
 
     retried = p.service().submit(tenant, docs, idempotency_key="batch-1")
     assert {j.job_id for j in retried}.isdisjoint(j.job_id for j in failed)
