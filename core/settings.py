@@ -263,6 +263,12 @@ class RagSettings(BaseModel):
         "between tasks. 0: no bound, every job goes to Celery at once, first come first served.",
     )
     job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
+    ingest_max_lost_runs: int = Field(
+        default=3,
+        ge=1,
+        description="Runs of one ingest job whose worker process died mid-run (killed, out of memory) before the "
+        "job fails: a document that kills its worker is redelivered this many times, not forever.",
+    )
     ingest_sweep_interval_s: float = Field(
         default=300.0,
         gt=0,

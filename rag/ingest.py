@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -229,13 +230,24 @@ class IngestService:
         self.jobs.started(status.tenant, job_id)
         if status.state in FINAL_STATES:  # a redelivery of a job that ended: its payload is gone, its outcome stays
             return status
-        status.started_at = time.time()  # recorded with the first stage
+        lost, most = status.lost_runs, self.settings.ingest_max_lost_runs
+        if lost >= most:  # a document that kills its worker would otherwise be redelivered forever
+            reason = f"gave up after {lost} runs whose worker process died (killed, or out of memory on this document)"
+            log.warning("ingest job %s failed: %s (RAG__INGEST_MAX_LOST_RUNS=%d)", job_id, reason, most)
+            return self.jobs.update(status, state=JobState.FAILED, error=reason)
+        # Recorded with the first stage: the run counts as lost until it ends, for a killed one never says so.
+        status.lost_runs, status.started_at = lost + 1, time.time()
         started = time.perf_counter()
         try:
             status = self._run(status)
         except (InvalidInputError, NotFoundError, EmbeddingMismatchError) as exc:
             log.warning("ingest job %s failed: %s", job_id, exc)
             return self.jobs.update(status, state=JobState.FAILED, error=str(exc))
+        except Exception:
+            # Ended, not lost: Celery retries it or gives it up (workers/tasks.py).
+            with contextlib.suppress(redis.RedisError):
+                self.jobs.update(status, lost_runs=lost)
+            raise
         self.jobs.record_duration(time.perf_counter() - started)
         self._sweep()
         return status

@@ -95,6 +95,7 @@ class JobStatus:
     result: dict[str, int] = field(default_factory=dict)
     content_hash: str = ""  # of the document and what it says about itself (rag/ingest.py)
     started_at: float = 0.0  # when a worker (last) started it; 0 while it waits
+    lost_runs: int = 0  # runs that never ended: their worker process died (killed, out of memory) mid-run
 
     @property
     def progress(self) -> float:
@@ -107,6 +108,7 @@ class JobStatus:
         data = asdict(self)
         data.pop("tenant")
         data.pop("content_hash")
+        data.pop("lost_runs")
         data["state"] = self.state.value
         data["progress"] = round(self.progress, 4)
         return data
