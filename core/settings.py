@@ -241,6 +241,15 @@ class RagSettings(BaseModel):
     chunk_tokens: int = Field(default=200, ge=16, description="Target chunk size in embedding-model tokens.")
     chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
     max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest document accepted.")
+    max_documents_per_request: int = Field(
+        default=100, ge=1, description="Most documents one upload (HTTP or MCP) may carry."
+    )
+    max_request_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="Most document bytes one upload may carry, all documents together: what a server holds in "
+        "memory for one request.",
+    )
     ingest_queue_limit: int = Field(
         default=1000,
         ge=1,

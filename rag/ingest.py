@@ -29,7 +29,7 @@ from rag.documents import DocType
 from rag.embedding import Embedder
 from rag.filters import Scalar, check_meta_key
 from rag.jobs import FINAL_STATES, Admission, JobPayload, JobState, JobStatus, JobStore
-from rag.parsing import detect_type, parse
+from rag.parsing import check_readable, detect_type, parse
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class IngestService:
         then queue them."""
         if not submissions:
             raise InvalidInputError("no documents given")
+        check_request_size(self.settings, len(submissions), sum(len(s.content) for s in submissions))
         self.store.require_tenant(tenant)
         accepted = [self._validate(s, position) for position, s in enumerate(submissions)]
         first_of: dict[str, _Accepted] = {}
@@ -139,7 +140,7 @@ class IngestService:
             raise InvalidInputError(f"{name} is empty")
         doc_type = detect_type(sub.filename, sub.media_type, sub.content)
         try:
-            parsed = parse(sub.content, doc_type, fallback_title=sub.title or title_for_filename(sub.filename))
+            check_readable(sub.content, doc_type)
         except InvalidInputError as exc:
             raise InvalidInputError(f"{name}: {exc}") from None
         if sub.doc_id:
@@ -156,7 +157,8 @@ class IngestService:
         meta: dict[str, Any] = {
             "doc_id": doc_id,
             "doc_type": doc_type.value,
-            "title": sub.title or parsed.title,
+            "title": sub.title or "",  # none given: the worker takes the document's own (an H1, a <title>)
+            "fallback_title": title_for_filename(sub.filename),
             "source": sub.source or sub.filename or doc_id,
             "tags": tags,
             "metadata": dict(sub.metadata),
@@ -265,8 +267,10 @@ class IngestService:
         meta = payload.meta
         tenant, doc_id = status.tenant, str(meta["doc_id"])
         self.jobs.update(status, state=JobState.PARSING, error="")
-        parsed = parse(payload.content, DocType(meta["doc_type"]), fallback_title=str(meta["title"]))
-        parsed = replace(parsed, title=str(meta["title"]))
+        # Jobs queued before titles were left to workers carry the parsed title and no fallback.
+        fallback = str(meta["title"] or meta.get("fallback_title") or "untitled")
+        parsed = parse(payload.content, DocType(meta["doc_type"]), fallback_title=fallback)
+        parsed = replace(parsed, title=str(meta["title"]) or parsed.title)
         self.jobs.update(status, state=JobState.CHUNKING)
         chunks = self.chunker.chunk(parsed)
         if self._unchanged(tenant, doc_id, str(meta["content_hash"]), len(chunks)):
@@ -282,7 +286,7 @@ class IngestService:
         self.jobs.update(status, state=JobState.STORING)
         info = DocumentInfo(
             doc_id=doc_id,
-            title=str(meta["title"]),
+            title=parsed.title,
             source=str(meta["source"]),
             doc_type=str(meta["doc_type"]),
             tags=list(meta["tags"]),
@@ -313,6 +317,21 @@ class IngestService:
         except NotFoundError:
             return False
         return current.content_hash == content_hash and current.chunk_count == chunk_count
+
+
+def check_request_size(settings: RagSettings, documents: int, total_bytes: int) -> None:
+    """One request's documents within the caps of what a server holds for it. Adapters call it as they read
+    uploads, before holding them all."""
+    if documents > settings.max_documents_per_request:
+        raise InvalidInputError(
+            f"{documents} documents in one request, over the limit of {settings.max_documents_per_request} "
+            "(ORCHESTRION_RAG__MAX_DOCUMENTS_PER_REQUEST): upload them in parts"
+        )
+    if total_bytes > settings.max_request_bytes:
+        raise InvalidInputError(
+            f"this request's documents together exceed the limit of {settings.max_request_bytes:,} bytes "
+            "(ORCHESTRION_RAG__MAX_REQUEST_BYTES): upload them in parts"
+        )
 
 
 def _sha(data: bytes) -> str:

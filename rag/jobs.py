@@ -64,6 +64,10 @@ DOCUMENT_LOCK_WAIT_S = 900.0
 _DRAIN_SMOOTHING = 0.2
 # Weight of the newest run time in the moving average of a job's run time (after a plain mean of the first few).
 _JOB_TIME_SMOOTHING = 0.2
+# A submission's documents are written to Redis before its admission, each under a key that lives this long
+# (admission renames the admitted ones; the rest are deleted after it), a few megabytes per round trip.
+STAGED_TTL_S = 600
+_STAGE_BATCH_BYTES = 4 * 1024 * 1024
 # A tenant limit at or above this is no limit: the tenant level of admission never refuses.
 NO_LIMIT = 2**52
 
@@ -171,6 +175,9 @@ class JobStore:
     def _payload_key(self, job_id: str) -> str:
         return f"{self._prefix}:jobdata:{job_id}"
 
+    def _staged_key(self, job_id: str) -> str:
+        return f"{self._prefix}:jobstaged:{job_id}"
+
     def _idem_key(self, tenant: str, key: str) -> str:
         return f"{self._prefix}:idem:{tenant}:{key}"
 
@@ -203,10 +210,26 @@ class JobStore:
         args: list[bytes | str | float] = [2, tenant_limit, limit, self._ttl, self._grace, self._job_key("")]
         args += [self._line_grace, HORIZON_MIN_S, HORIZON_MAX_S, RETRY_AFTER_MAX_S, random.random()]
         args.append("".join("1" if renew[key] else "0" for key in firsts))
-        for key, (status, payload) in firsts.items():
-            keys += [self._idem_key(tenant, key), self._job_key(status.job_id), self._payload_key(status.job_id)]
-            args += [status.job_id, _encode(status), json.dumps(payload.meta).encode() + b"\n" + payload.content]
-        ok, waiting, new, stale, found, retry_after, ahead, level = self._admit(keys=keys, args=args)
+        staged = {self._staged_key(status.job_id): payload for status, payload in firsts.values()}
+        for key, (status, _) in firsts.items():
+            job_id = status.job_id
+            keys += [
+                self._idem_key(tenant, key),
+                self._job_key(job_id),
+                self._payload_key(job_id),
+                self._staged_key(job_id),
+            ]
+            args += [job_id, _encode(status)]
+        try:
+            self._stage(staged)
+            ok, waiting, new, stale, found, retry_after, ahead, level = self._admit(keys=keys, args=args)
+        except redis.ResponseError as exc:
+            if "staged payload missing" not in str(exc):
+                raise
+            raise OrchestrionError("the documents expired in Redis before they were admitted: retry") from None
+        finally:
+            if staged:  # the admitted ones were renamed: what is left was not admitted
+                self._redis.delete(*staged)
         taken_over = [_bytes(job_id).decode() for job_id in stale]
         if ok == -1:
             reused = list(firsts)[int(new) - 1]
@@ -223,6 +246,20 @@ class JobStore:
             jobs.append((status, created and key not in seen))  # a document twice in one submission: one job
             seen.add(key)
         return Admission(jobs, int(waiting), int(new), taken_over)
+
+    def _stage(self, payloads: dict[str, JobPayload]) -> None:
+        """Write each document's bytes under a short-lived key, a few megabytes per round trip, for admission to
+        rename: Redis serves others between them instead of taking one request's documents in one call."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            held = 0
+            for key, payload in payloads.items():
+                data = json.dumps(payload.meta).encode() + b"\n" + payload.content
+                pipe.set(key, data, ex=STAGED_TTL_S)
+                held += len(data)
+                if held >= _STAGE_BATCH_BYTES:
+                    pipe.execute()
+                    held = 0
+            pipe.execute()
 
     def held_by(self, tenant: str, keys: Sequence[str]) -> dict[str, JobStatus]:
         """The job each of these idempotency keys holds now, for those that hold one."""

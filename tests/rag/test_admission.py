@@ -52,6 +52,7 @@ def test_concurrent_submitters_never_exceed_the_limit(private: Callable[..., Pri
     assert sorted(p.queued_job_ids()) == sorted(accepted) == sorted(p.admitted())
     assert p.unconfirmed() == set()
     assert p.keys("job") == p.keys("jobdata") == p.keys(f"idem:{tenant}") == 10
+    assert p.keys("jobstaged") == 0  # the refused submissions' bytes, written before admission, are gone
     assert all(service.status(tenant, job_id).state == JobState.QUEUED for job_id in accepted)
 
 
