@@ -241,6 +241,13 @@ class RagSettings(BaseModel):
     chunk_tokens: int = Field(default=200, ge=16, description="Target chunk size in embedding-model tokens.")
     chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
     max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest document accepted.")
+    max_metadata_keys: int = Field(default=32, ge=0, description="Most metadata keys one document may carry.")
+    max_metadata_properties: int = Field(
+        default=256,
+        ge=0,
+        description="Most filterable metadata properties (one per key and type) the chunk collection may hold, "
+        "shared by every tenant: a document whose new keys would pass it is refused.",
+    )
     max_documents_per_request: int = Field(
         default=100, ge=1, description="Most documents one upload (HTTP or MCP) may carry."
     )

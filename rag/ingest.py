@@ -84,6 +84,7 @@ class IngestService:
         check_request_size(self.settings, len(submissions), sum(len(s.content) for s in submissions))
         self.store.require_tenant(tenant)
         accepted = [self._validate(s, position) for position, s in enumerate(submissions)]
+        self.store.check_metadata_room([doc.meta["metadata"] for doc in accepted])
         first_of: dict[str, _Accepted] = {}
         for position, doc in enumerate(accepted):
             same_id = first_of.setdefault(str(doc.meta["doc_id"]), doc)
@@ -150,6 +151,11 @@ class IngestService:
         tags = sorted(set(sub.tags))
         if len(tags) > MAX_TAGS or any(not t or len(t) > 64 for t in tags):
             raise InvalidInputError(f"{name}: at most {MAX_TAGS} tags of 1-64 characters each")
+        if len(sub.metadata) > self.settings.max_metadata_keys:
+            raise InvalidInputError(
+                f"{name}: {len(sub.metadata)} metadata keys, over the limit of {self.settings.max_metadata_keys} "
+                "per document (ORCHESTRION_RAG__MAX_METADATA_KEYS)"
+            )
         for key, value in sub.metadata.items():
             check_meta_key(key)
             if not isinstance(value, str | int | float | bool):

@@ -68,7 +68,9 @@ def open_rag(
     embedder = build_embedder(settings.rag, client, prefix, serving)
     wv = connect_weaviate(settings, endpoints)
     activity = TenantActivity(client, prefix)
-    store = ChunkStore(wv, embedder.spec, on_use=activity.touch)
+    store = ChunkStore(
+        wv, embedder.spec, on_use=activity.touch, max_meta_properties=settings.rag.max_metadata_properties
+    )
     store.ensure_collections()
     counter = HFTokenCounter.from_model_dir(bundled_model_dir(), max_seq_length=256)
     chunker = Chunker(counter, settings.rag.chunk_tokens, settings.rag.chunk_overlap_tokens)

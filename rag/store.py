@@ -28,7 +28,7 @@ from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
 
-from core.errors import EmbeddingMismatchError, NotFoundError
+from core.errors import EmbeddingMismatchError, InvalidInputError, NotFoundError
 from rag.embedding import EmbeddingSpec
 from rag.filters import Scalar, meta_kind, meta_property, meta_value
 from rag.search_text import LEGACY_KEYWORD_FIELDS, SCHEMA_VERSION, search_text, upgrade_chunks
@@ -141,12 +141,18 @@ def _tenant_checked(method: F) -> F:
 
 class ChunkStore:
     def __init__(
-        self, client: WeaviateClient, spec: EmbeddingSpec, on_use: Callable[[str], None] | None = None
+        self,
+        client: WeaviateClient,
+        spec: EmbeddingSpec,
+        on_use: Callable[[str], None] | None = None,
+        max_meta_properties: int | None = None,
     ) -> None:
-        """`on_use(tenant)` is called on every read or write of a tenant (see rag/activity.py)."""
+        """`on_use(tenant)` is called on every read or write of a tenant (see rag/activity.py).
+        `max_meta_properties`: most metadata properties writes may give the chunk collection (None: no limit)."""
         self.client = client
         self.spec = spec
         self._on_use = on_use
+        self._max_meta = max_meta_properties
         self.chunks_name, self.docs_name = collection_names(spec)
         self._tenants = _TenantCache()
         self._meta_props: set[str] | None = None
@@ -274,6 +280,7 @@ class ChunkStore:
         """User metadata becomes filterable properties, one per key and type (rag/filters.py `meta_property`),
         created on first use. The names carry the type, so no tenant's choice of type constrains another's."""
         chunks = self.client.collections.use(self.chunks_name)
+        self.check_metadata_room([metadata])
         for key, value in metadata.items():
             name = meta_property(key, value)
             if self.has_meta_property(name):
@@ -288,13 +295,32 @@ class ChunkStore:
             if self._meta_props is not None:
                 self._meta_props.add(name)
 
+    def check_metadata_room(self, metadata: Sequence[dict[str, Scalar]]) -> None:
+        """The properties these documents' metadata would add fit within the limit. The collection is shared by
+        every tenant, each new key (and type) one more property in its schema: unbounded, one tenant could grow it
+        for all. Processes adding at once may pass it by one property each."""
+        if self._max_meta is None:
+            return
+        wanted = {meta_property(k, v): f"{k!r} ({meta_kind(v)})" for m in metadata for k, v in m.items()}
+        known = self._meta_properties(reread=not set(wanted) <= (self._meta_props or set()))
+        missing = sorted(label for name, label in wanted.items() if name not in known)
+        if len(known) + len(missing) > self._max_meta:
+            raise InvalidInputError(
+                f"metadata {', '.join(missing)} would add {len(missing)} filterable properties to the {len(known)} "
+                f"that every tenant's documents share, over the limit of {self._max_meta} "
+                "(ORCHESTRION_RAG__MAX_METADATA_PROPERTIES): use metadata keys already in use, or fewer"
+            )
+
     def has_meta_property(self, name: str, reread: bool = False) -> bool:
         """Whether the chunk collection has this metadata property. Other processes add them (the workers, as
         documents come in): a name this process has not seen is looked up again before it is said to be missing."""
-        if reread or self._meta_props is None or name not in self._meta_props:
+        return name in self._meta_properties(reread or name not in (self._meta_props or set()))
+
+    def _meta_properties(self, reread: bool) -> set[str]:
+        if reread or self._meta_props is None:
             properties = self.client.collections.use(self.chunks_name).config.get().properties
             self._meta_props = {p.name for p in properties if p.name.startswith("meta_")}
-        return name in self._meta_props
+        return self._meta_props
 
     @_tenant_checked
     def existing_chunk_ids(self, tenant: str, doc_id: str) -> set[uuid.UUID]:
