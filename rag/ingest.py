@@ -28,7 +28,7 @@ from rag.doc_ids import check_doc_id, doc_id_for_path
 from rag.documents import DocType
 from rag.embedding import Embedder
 from rag.filters import Scalar, check_meta_key
-from rag.jobs import FINAL_STATES, Admission, JobPayload, JobState, JobStatus, JobStore
+from rag.jobs import DELETE_LOCK_WAIT_S, FINAL_STATES, Admission, JobPayload, JobState, JobStatus, JobStore
 from rag.parsing import check_readable, detect_type, parse
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
 
@@ -116,6 +116,13 @@ class IngestService:
 
     def status(self, tenant: str, job_id: str) -> JobStatus:
         return self.jobs.get(tenant, job_id)
+
+    def delete_document(self, tenant: str, doc_id: str) -> int:
+        """Delete a document once no job is writing it; a job submitted before the delete then writes nothing."""
+        with self.jobs.writing_document(tenant, doc_id, wait_s=DELETE_LOCK_WAIT_S):
+            deleted = self.store.delete_document(tenant, doc_id)
+            self.jobs.mark_deleted(tenant, doc_id)
+            return deleted
 
     def _replaced_since(self, tenant: str, keys: Sequence[str], accepted: Sequence[_Accepted]) -> list[bool]:
         """Per document: its content's job is done, but the store holds another version of it, or none. That
@@ -304,8 +311,12 @@ class IngestService:
         )
         stored = [StoredChunk(c.index, c.text, c.heading_path, _sha(c.embed_text.encode())) for c in chunks]
         with self.jobs.writing_document(tenant, doc_id):
-            if self._newer_stored(tenant, doc_id, status.created_at):
-                # A later submission of this document was written first (another worker, a shorter job).
+            if (
+                self._newer_stored(tenant, doc_id, status.created_at)
+                or self.jobs.deleted_at(tenant, doc_id) > status.created_at
+            ):
+                # A later submission of this document was written first (another worker, a shorter job), or
+                # the document was deleted after this one was submitted.
                 result = {"written": 0, "deleted": 0, "unchanged": 0, "superseded": 1}
                 return self.jobs.update(status, state=JobState.DONE, result=result)
             written = self.store.write_document(tenant, info, stored, vectors)

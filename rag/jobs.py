@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ from typing import Any
 import redis
 import redis.lock
 
-from core.errors import NotFoundError, OrchestrionError
+from core.errors import ConflictError, NotFoundError, OrchestrionError
 from rag._admission_lua import ADMIT, JOB_TIME, STARTED
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,13 @@ RETRY_AFTER_MAX_S = 300
 # the workers idle.
 HORIZON_MIN_S = 5.0
 HORIZON_MAX_S = 60.0
-# How long one write of a document may hold its lock (a worker that died holding it frees it then), and how
-# long another write of the same document waits for it.
-DOCUMENT_LOCK_S = 600
-DOCUMENT_LOCK_WAIT_S = 900.0
+# A write of a document holds its lock this long past its holder's last renewal (every third of it, while it
+# writes): a worker that died holding it frees it within this. Another write of the document waits for it at
+# most half the task's soft time limit (services pass it), so the wait never eats the write's own time; a
+# delete, answered to a client, waits less.
+DOCUMENT_LOCK_S = 60.0
+DOCUMENT_LOCK_WAIT_S = 420.0
+DELETE_LOCK_WAIT_S = 30.0
 # Weight of the newest gap between job starts in the moving average of the pace (after a plain mean of the
 # first few): a few seconds of starts at the bench's pace.
 _DRAIN_SMOOTHING = 0.2
@@ -150,8 +154,11 @@ class JobStore:
         ttl_s: int,
         enqueue_grace_s: float = ENQUEUE_GRACE_S,
         line_grace_s: float = LINE_GRACE_S,
+        document_lock_s: float = DOCUMENT_LOCK_S,
+        document_lock_wait_s: float = DOCUMENT_LOCK_WAIT_S,
     ) -> None:
         self._redis = client
+        self._lock_s, self._lock_wait_s = document_lock_s, document_lock_wait_s
         self._prefix = prefix
         self._ttl = ttl_s
         self._grace = enqueue_grace_s
@@ -269,24 +276,54 @@ class JobStore:
         return {key: _decode(_bytes(raw)) for key, raw in zip(held, records, strict=True) if raw}
 
     @contextmanager
-    def writing_document(self, tenant: str, doc_id: str) -> Iterator[None]:
-        """Held while a job writes a document: two versions written at once would each keep their chunks.
-        The later write waits, then makes the document exactly its own version."""
+    def writing_document(self, tenant: str, doc_id: str, wait_s: float | None = None) -> Iterator[None]:
+        """Held while a job writes a document, or a delete removes it: two versions written at once would each
+        keep their chunks, and a delete beside a write would leave half of either. The later one waits (at most
+        `wait_s`, default the store's), then makes the document exactly its own version, or gone. The lock is
+        renewed while held, so a long write never outlives it."""
+        wait = self._lock_wait_s if wait_s is None else wait_s
         lock = redis.lock.Lock(
             self._redis,
             f"{self._prefix}:doclock:{tenant}:{doc_id}",
-            timeout=DOCUMENT_LOCK_S,
-            blocking_timeout=DOCUMENT_LOCK_WAIT_S,
+            timeout=self._lock_s,
+            blocking_timeout=wait,
+            thread_local=False,  # renewed from another thread
         )
         if not lock.acquire():
-            raise OrchestrionError(f"another job kept writing document {doc_id!r} for over {DOCUMENT_LOCK_WAIT_S:.0f}s")
+            raise ConflictError(f"document {doc_id!r} was being written for over {wait:.0f}s: retry later")
+        done = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(lock, done, doc_id), name="doclock", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            done.set()
+            renewer.join()
             try:
                 lock.release()
-            except redis.exceptions.LockError:  # held past its timeout: another write may have begun meanwhile
+            except redis.exceptions.LockError:  # lost while held (renewals failed): another may have begun
                 log.warning("the write of document %r of %s outlasted its lock", doc_id, tenant)
+
+    def _renew(self, lock: redis.lock.Lock, done: threading.Event, doc_id: str) -> None:
+        while not done.wait(self._lock_s / 3):
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockError:
+                log.warning("lost the lock of document %r while writing it", doc_id)
+                return
+            except redis.RedisError:
+                log.warning("could not renew the lock of document %r", doc_id, exc_info=True)
+
+    def mark_deleted(self, tenant: str, doc_id: str) -> None:
+        """A deleted document stays deleted for jobs submitted before the delete (rag/ingest.py)."""
+        self._redis.set(self._deleted_key(tenant, doc_id), repr(time.time()), ex=self._ttl)
+
+    def deleted_at(self, tenant: str, doc_id: str) -> float:
+        """When the document was last deleted (within the job TTL), 0 if not."""
+        return float(self._redis.get(self._deleted_key(tenant, doc_id)) or 0)
+
+    def _deleted_key(self, tenant: str, doc_id: str) -> str:
+        return f"{self._prefix}:deleted:{tenant}:{doc_id}"
 
     def forget_tenant(self, tenant: str) -> int:
         """Drop a removed tenant's idempotency keys and its level of admission: a tenant added again under its

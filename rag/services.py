@@ -74,6 +74,8 @@ def open_rag(
     store.ensure_collections()
     counter = HFTokenCounter.from_model_dir(bundled_model_dir(), max_seq_length=256)
     chunker = Chunker(counter, settings.rag.chunk_tokens, settings.rag.chunk_overlap_tokens)
-    jobs = JobStore(client, prefix, settings.rag.job_ttl_s)
+    jobs = JobStore(
+        client, prefix, settings.rag.job_ttl_s, document_lock_wait_s=settings.celery.task_soft_time_limit_s / 2
+    )
     ingest = IngestService(settings.rag, jobs, store, embedder, chunker, enqueue)
     return RagServices(settings, client, wv, embedder, store, jobs, ingest, tenant_registry(settings), activity)
