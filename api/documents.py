@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from api.auth import Svc, Tenant
 from core.errors import InvalidInputError
 from operations import knowledge
-from rag.ingest import Submission
+from rag.ingest import Submission, check_request_size
 from rag.search import SearchRequest
 
 router = APIRouter(prefix="/v1", tags=["documents"])
@@ -37,10 +37,14 @@ async def upload_documents(
         raise InvalidInputError("metadata must be a JSON object")
     if doc_id is not None and len(files) != 1:
         raise InvalidInputError("doc_id applies to a single file; upload one file or leave doc_id out")
-    limit = svc.settings.rag.max_document_bytes
-    submissions = []
+    caps = svc.settings.rag
+    check_request_size(caps, len(files), 0)
+    submissions, total = [], 0
     for upload in files:
-        content = await upload.read(limit + 1)  # one byte past the limit is enough to refuse
+        # One byte past a limit is enough to refuse: the request never holds more than its caps in memory.
+        content = await upload.read(min(caps.max_document_bytes, caps.max_request_bytes - total) + 1)
+        total += len(content)
+        check_request_size(caps, len(files), total)
         submissions.append(
             Submission(
                 content=content,

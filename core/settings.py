@@ -254,6 +254,22 @@ class RagSettings(BaseModel):
     chunk_tokens: int = Field(default=200, ge=16, description="Target chunk size in embedding-model tokens.")
     chunk_overlap_tokens: int = Field(default=32, ge=0, description="Tokens shared by consecutive chunks.")
     max_document_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest document accepted.")
+    max_metadata_keys: int = Field(default=32, ge=0, description="Most metadata keys one document may carry.")
+    max_metadata_properties: int = Field(
+        default=256,
+        ge=0,
+        description="Most filterable metadata properties (one per key and type) the chunk collection may hold, "
+        "shared by every tenant: a document whose new keys would pass it is refused.",
+    )
+    max_documents_per_request: int = Field(
+        default=100, ge=1, description="Most documents one upload (HTTP or MCP) may carry."
+    )
+    max_request_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="Most document bytes one upload may carry, all documents together: what a server holds in "
+        "memory for one request.",
+    )
     ingest_queue_limit: int = Field(
         default=1000,
         ge=1,
@@ -276,6 +292,18 @@ class RagSettings(BaseModel):
         "between tasks. 0: no bound, every job goes to Celery at once, first come first served.",
     )
     job_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="How long job status and idempotency keys live.")
+    ingest_max_lost_runs: int = Field(
+        default=3,
+        ge=1,
+        description="Runs of one ingest job whose worker process died mid-run (killed, out of memory) before the "
+        "job fails: a document that kills its worker is redelivered this many times, not forever.",
+    )
+    ingest_sweep_interval_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often a worker, as it finishes a job, drops the submitted bytes of jobs that ended without "
+        "dropping them (a process died in between); each final state drops its job's bytes itself.",
+    )
     tenant_idle_offload_s: float = Field(
         default=900.0,
         ge=0,

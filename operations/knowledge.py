@@ -41,7 +41,7 @@ async def list_documents(services: Services, tenant: str, limit: int, offset: in
 
 
 async def delete_document(services: Services, tenant: str, doc_id: str) -> int:
-    return await anyio.to_thread.run_sync(services.rag.store.delete_document, tenant, doc_id)
+    return await anyio.to_thread.run_sync(services.rag.ingest.delete_document, tenant, doc_id)
 
 
 async def submit_documents(

@@ -18,12 +18,14 @@ from __future__ import annotations
 # one back early may pass others, who keep their place and are told again.
 #
 # KEYS: enqueuing, mean job s, then per level (tenant's first, when it has a quota; then global): admitted,
-# line, due, line seq, drain; then per document: idempotency key, job key, payload key.
+# line, due, line seq, drain; then per document: idempotency key, job key, payload key, staged payload key (the
+# bytes, written before the script: one script call carrying every document would hold Redis for all of them).
 # ARGV: levels (1 or 2), limit per level (as many), job ttl s, enqueue grace s, job key prefix, line grace s,
 # horizon min s, horizon max s, max wait s, jitter in [0, 1), replaced (a '1' or '0' per document: '1' when
 # its finished job no longer holds its key, the stored document being another version or gone), then per
-# document: job id, job record, payload.
-# Returns {admitted (1/0), waiting before (at the level that refused, else global), new documents, jobs taken
+# document: job id, job record. A new job's staged payload is renamed to its payload key.
+# Returns {admitted (1/0; -1: a document's idempotency key holds a job of other content, its 1-based position
+# third), waiting before (at the level that refused, else global), new documents, jobs taken
 # over, per document the existing job's record or '' for a new one (empty when refused), retry after s
 # (refused), documents ahead in the line, the level that refused (1-based; 0 when admitted)}.
 ADMIT = """
@@ -61,13 +63,20 @@ for _, level in ipairs(levels) do
 end
 
 local found, new = {}, {}
-for i = 1, (#KEYS - K) / 3 do
-  local holder = redis.call('GET', KEYS[K + 3 * i - 2])
+for i = 1, (#KEYS - K) / 4 do
+  local holder = redis.call('GET', KEYS[K + 4 * i - 3])
   local record = holder and redis.call('GET', job_prefix .. holder)
-  local state = record and cjson.decode(record).state
+  local held = record and cjson.decode(record)
+  local state = held and held.state
   -- Neither a failed job nor an expired one holds its key, nor a done one whose document was replaced or
   -- deleted since: this submission takes it over.
   if record and state ~= 'failed' and not (state == 'done' and string.sub(replaced, i, i) == '1') then
+    -- A key held for other content: answering with its job would drop this content silently. Checked here,
+    -- not before the script, so two submissions racing with one key cannot both pass.
+    local hash = held.content_hash or ''
+    if hash ~= '' and hash ~= cjson.decode(ARGV[A + 2 * i]).content_hash then
+      return {-1, 0, i, stale, {}, 0, 0, 0}
+    end
     found[i] = record
   else
     found[i] = ''
@@ -80,7 +89,7 @@ for l, level in ipairs(levels) do  -- can never fit: takes no place
   if #new > level.limit then return {0, redis.call('ZCARD', level.admitted), #new, stale, {}, 0, 0, l} end
 end
 
-local me = KEYS[K + 3 * new[1] - 2]
+local me = KEYS[K + 4 * new[1] - 3]
 local places = {}
 for l, level in ipairs(levels) do
   local waiting = redis.call('ZCARD', level.admitted)
@@ -120,11 +129,16 @@ for l, level in ipairs(levels) do
   end
 end
 
+-- Checked before any write: admitting a job without its payload would fail it on the worker.
 for _, i in ipairs(new) do
-  local id = ARGV[A + 3 * i - 2]
-  redis.call('SET', KEYS[K + 3 * i - 1], ARGV[A + 3 * i - 1], 'EX', ttl)
-  redis.call('SET', KEYS[K + 3 * i], ARGV[A + 3 * i], 'EX', ttl)
-  redis.call('SET', KEYS[K + 3 * i - 2], id, 'EX', ttl)
+  if redis.call('EXISTS', KEYS[K + 4 * i]) == 0 then return redis.error_reply('staged payload missing') end
+end
+for _, i in ipairs(new) do
+  local id = ARGV[A + 2 * i - 1]
+  redis.call('SET', KEYS[K + 4 * i - 2], ARGV[A + 2 * i], 'EX', ttl)
+  redis.call('RENAME', KEYS[K + 4 * i], KEYS[K + 4 * i - 1])
+  redis.call('EXPIRE', KEYS[K + 4 * i - 1], ttl)
+  redis.call('SET', KEYS[K + 4 * i - 3], id, 'EX', ttl)
   for _, level in ipairs(levels) do redis.call('ZADD', level.admitted, now, id) end
   redis.call('ZADD', enqueuing, now, id)
 end

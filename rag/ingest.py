@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -10,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
+
+import redis
 
 from core.errors import (
     BusyError,
@@ -25,8 +28,8 @@ from rag.doc_ids import check_doc_id, doc_id_for_path
 from rag.documents import DocType
 from rag.embedding import Embedder
 from rag.filters import Scalar, check_meta_key
-from rag.jobs import Admission, JobPayload, JobState, JobStatus, JobStore
-from rag.parsing import detect_type, parse
+from rag.jobs import DELETE_LOCK_WAIT_S, FINAL_STATES, Admission, JobPayload, JobState, JobStatus, JobStore
+from rag.parsing import check_readable, detect_type, parse
 from rag.store import ChunkStore, DocumentInfo, StoredChunk, now_iso
 
 log = logging.getLogger(__name__)
@@ -78,8 +81,10 @@ class IngestService:
         then queue them."""
         if not submissions:
             raise InvalidInputError("no documents given")
+        check_request_size(self.settings, len(submissions), sum(len(s.content) for s in submissions))
         self.store.require_tenant(tenant)
         accepted = [self._validate(s, position) for position, s in enumerate(submissions)]
+        self.store.check_metadata_room([doc.meta["metadata"] for doc in accepted])
         first_of: dict[str, _Accepted] = {}
         for position, doc in enumerate(accepted):
             same_id = first_of.setdefault(str(doc.meta["doc_id"]), doc)
@@ -95,14 +100,15 @@ class IngestService:
         docs = [
             (str(d.meta["doc_id"]), key, JobPayload(d.content, d.meta)) for d, key in zip(accepted, keys, strict=True)
         ]
-        if idempotency_key:
-            self._check_key_reuse(tenant, idempotency_key, keys, accepted)
-            replaced: list[bool] = []
-        else:
-            replaced = self._replaced_since(tenant, keys, accepted)
+        replaced = [] if idempotency_key else self._replaced_since(tenant, keys, accepted)
         limits = self.settings.ingest_queue_limit, self.settings.ingest_tenant_queue_limit
         admission = self.jobs.admit(tenant, docs, limits[0], replaced, tenant_limit=limits[1])
         self._take_over(admission.taken_over)
+        if admission.key_reused_at is not None:
+            raise IdempotencyKeyReusedError(
+                f"Idempotency-Key {idempotency_key!r} was used for other content (document {admission.key_reused_at} "
+                "differs from the first submission's): use a new key for a new submission"
+            )
         if admission.refused:
             raise self._refusal(admission)
         self._enqueue_new(tenant, admission, keys)
@@ -111,19 +117,12 @@ class IngestService:
     def status(self, tenant: str, job_id: str) -> JobStatus:
         return self.jobs.get(tenant, job_id)
 
-    def _check_key_reuse(
-        self, tenant: str, idempotency_key: str, keys: Sequence[str], accepted: Sequence[_Accepted]
-    ) -> None:
-        """An Idempotency-Key answers again only the submission it was first used for: other content under
-        it would be answered with the first one's jobs and never ingested."""
-        held = self.jobs.held_by(tenant, keys)
-        for position, (key, doc) in enumerate(zip(keys, accepted, strict=True)):
-            job = held.get(key)
-            if job is not None and job.content_hash and job.content_hash != doc.content_hash:
-                raise IdempotencyKeyReusedError(
-                    f"Idempotency-Key {idempotency_key!r} was used for other content (document {position} differs "
-                    "from the first submission's): use a new key for a new submission"
-                )
+    def delete_document(self, tenant: str, doc_id: str) -> int:
+        """Delete a document once no job is writing it; a job submitted before the delete then writes nothing."""
+        with self.jobs.writing_document(tenant, doc_id, wait_s=DELETE_LOCK_WAIT_S):
+            deleted = self.store.delete_document(tenant, doc_id)
+            self.jobs.mark_deleted(tenant, doc_id)
+            return deleted
 
     def _replaced_since(self, tenant: str, keys: Sequence[str], accepted: Sequence[_Accepted]) -> list[bool]:
         """Per document: its content's job is done, but the store holds another version of it, or none. That
@@ -149,7 +148,7 @@ class IngestService:
             raise InvalidInputError(f"{name} is empty")
         doc_type = detect_type(sub.filename, sub.media_type, sub.content)
         try:
-            parsed = parse(sub.content, doc_type, fallback_title=sub.title or title_for_filename(sub.filename))
+            check_readable(sub.content, doc_type)
         except InvalidInputError as exc:
             raise InvalidInputError(f"{name}: {exc}") from None
         if sub.doc_id:
@@ -159,6 +158,11 @@ class IngestService:
         tags = sorted(set(sub.tags))
         if len(tags) > MAX_TAGS or any(not t or len(t) > 64 for t in tags):
             raise InvalidInputError(f"{name}: at most {MAX_TAGS} tags of 1-64 characters each")
+        if len(sub.metadata) > self.settings.max_metadata_keys:
+            raise InvalidInputError(
+                f"{name}: {len(sub.metadata)} metadata keys, over the limit of {self.settings.max_metadata_keys} "
+                "per document (ORCHESTRION_RAG__MAX_METADATA_KEYS)"
+            )
         for key, value in sub.metadata.items():
             check_meta_key(key)
             if not isinstance(value, str | int | float | bool):
@@ -166,7 +170,8 @@ class IngestService:
         meta: dict[str, Any] = {
             "doc_id": doc_id,
             "doc_type": doc_type.value,
-            "title": sub.title or parsed.title,
+            "title": sub.title or "",  # none given: the worker takes the document's own (an H1, a <title>)
+            "fallback_title": title_for_filename(sub.filename),
             "source": sub.source or sub.filename or doc_id,
             "tags": tags,
             "metadata": dict(sub.metadata),
@@ -238,26 +243,47 @@ class IngestService:
         status = self.jobs.load(job_id)
         # The queue limits bound jobs accepted and not yet started, so the slots go back now.
         self.jobs.started(status.tenant, job_id)
-        if status.state == JobState.DONE:
+        if status.state in FINAL_STATES:  # a redelivery of a job that ended: its payload is gone, its outcome stays
             return status
-        status.started_at = time.time()  # recorded with the first stage
+        lost, most = status.lost_runs, self.settings.ingest_max_lost_runs
+        if lost >= most:  # a document that kills its worker would otherwise be redelivered forever
+            reason = f"gave up after {lost} runs whose worker process died (killed, or out of memory on this document)"
+            log.warning("ingest job %s failed: %s (RAG__INGEST_MAX_LOST_RUNS=%d)", job_id, reason, most)
+            return self.jobs.update(status, state=JobState.FAILED, error=reason)
+        # Recorded with the first stage: the run counts as lost until it ends, for a killed one never says so.
+        status.lost_runs, status.started_at = lost + 1, time.time()
         started = time.perf_counter()
         try:
             status = self._run(status)
         except (InvalidInputError, NotFoundError, EmbeddingMismatchError) as exc:
             log.warning("ingest job %s failed: %s", job_id, exc)
             return self.jobs.update(status, state=JobState.FAILED, error=str(exc))
+        except Exception:
+            # Ended, not lost: Celery retries it or gives it up (workers/tasks.py).
+            with contextlib.suppress(redis.RedisError):
+                self.jobs.update(status, lost_runs=lost)
+            raise
         self.jobs.record_duration(time.perf_counter() - started)
-        self.jobs.drop_payload(job_id)
+        self._sweep()
         return status
+
+    def _sweep(self) -> None:
+        """Workers sweep orphaned payloads as they finish jobs (rag/jobs.py `sweep`): no scheduler to run."""
+        try:
+            if dropped := self.jobs.sweep(self.settings.ingest_sweep_interval_s):
+                log.info("dropped %d orphaned ingest payload(s)", dropped)
+        except redis.RedisError:
+            log.warning("could not sweep orphaned ingest payloads", exc_info=True)
 
     def _run(self, status: JobStatus) -> JobStatus:
         payload = self.jobs.payload(status.job_id)
         meta = payload.meta
         tenant, doc_id = status.tenant, str(meta["doc_id"])
         self.jobs.update(status, state=JobState.PARSING, error="")
-        parsed = parse(payload.content, DocType(meta["doc_type"]), fallback_title=str(meta["title"]))
-        parsed = replace(parsed, title=str(meta["title"]))
+        # Jobs queued before titles were left to workers carry the parsed title and no fallback.
+        fallback = str(meta["title"] or meta.get("fallback_title") or "untitled")
+        parsed = parse(payload.content, DocType(meta["doc_type"]), fallback_title=fallback)
+        parsed = replace(parsed, title=str(meta["title"]) or parsed.title)
         self.jobs.update(status, state=JobState.CHUNKING)
         chunks = self.chunker.chunk(parsed)
         if self._unchanged(tenant, doc_id, str(meta["content_hash"]), len(chunks)):
@@ -273,7 +299,7 @@ class IngestService:
         self.jobs.update(status, state=JobState.STORING)
         info = DocumentInfo(
             doc_id=doc_id,
-            title=str(meta["title"]),
+            title=parsed.title,
             source=str(meta["source"]),
             doc_type=str(meta["doc_type"]),
             tags=list(meta["tags"]),
@@ -285,8 +311,12 @@ class IngestService:
         )
         stored = [StoredChunk(c.index, c.text, c.heading_path, _sha(c.embed_text.encode())) for c in chunks]
         with self.jobs.writing_document(tenant, doc_id):
-            if self._newer_stored(tenant, doc_id, status.created_at):
-                # A later submission of this document was written first (another worker, a shorter job).
+            if (
+                self._newer_stored(tenant, doc_id, status.created_at)
+                or self.jobs.deleted_at(tenant, doc_id) > status.created_at
+            ):
+                # A later submission of this document was written first (another worker, a shorter job), or
+                # the document was deleted after this one was submitted.
                 result = {"written": 0, "deleted": 0, "unchanged": 0, "superseded": 1}
                 return self.jobs.update(status, state=JobState.DONE, result=result)
             written = self.store.write_document(tenant, info, stored, vectors)
@@ -304,6 +334,21 @@ class IngestService:
         except NotFoundError:
             return False
         return current.content_hash == content_hash and current.chunk_count == chunk_count
+
+
+def check_request_size(settings: RagSettings, documents: int, total_bytes: int) -> None:
+    """One request's documents within the caps of what a server holds for it. Adapters call it as they read
+    uploads, before holding them all."""
+    if documents > settings.max_documents_per_request:
+        raise InvalidInputError(
+            f"{documents} documents in one request, over the limit of {settings.max_documents_per_request} "
+            "(ORCHESTRION_RAG__MAX_DOCUMENTS_PER_REQUEST): upload them in parts"
+        )
+    if total_bytes > settings.max_request_bytes:
+        raise InvalidInputError(
+            f"this request's documents together exceed the limit of {settings.max_request_bytes:,} bytes "
+            "(ORCHESTRION_RAG__MAX_REQUEST_BYTES): upload them in parts"
+        )
 
 
 def _sha(data: bytes) -> str:

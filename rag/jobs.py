@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,7 @@ from typing import Any
 import redis
 import redis.lock
 
-from core.errors import NotFoundError, OrchestrionError
+from core.errors import ConflictError, NotFoundError, OrchestrionError
 from rag._admission_lua import ADMIT, JOB_TIME, STARTED
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,22 @@ RETRY_AFTER_MAX_S = 300
 # the workers idle.
 HORIZON_MIN_S = 5.0
 HORIZON_MAX_S = 60.0
-# How long one write of a document may hold its lock (a worker that died holding it frees it then), and how
-# long another write of the same document waits for it.
-DOCUMENT_LOCK_S = 600
-DOCUMENT_LOCK_WAIT_S = 900.0
+# A write of a document holds its lock this long past its holder's last renewal (every third of it, while it
+# writes): a worker that died holding it frees it within this. Another write of the document waits for it at
+# most half the task's soft time limit (services pass it), so the wait never eats the write's own time; a
+# delete, answered to a client, waits less.
+DOCUMENT_LOCK_S = 60.0
+DOCUMENT_LOCK_WAIT_S = 420.0
+DELETE_LOCK_WAIT_S = 30.0
 # Weight of the newest gap between job starts in the moving average of the pace (after a plain mean of the
 # first few): a few seconds of starts at the bench's pace.
 _DRAIN_SMOOTHING = 0.2
 # Weight of the newest run time in the moving average of a job's run time (after a plain mean of the first few).
 _JOB_TIME_SMOOTHING = 0.2
+# A submission's documents are written to Redis before its admission, each under a key that lives this long
+# (admission renames the admitted ones; the rest are deleted after it), a few megabytes per round trip.
+STAGED_TTL_S = 600
+_STAGE_BATCH_BYTES = 4 * 1024 * 1024
 # A tenant limit at or above this is no limit: the tenant level of admission never refuses.
 NO_LIMIT = 2**52
 
@@ -95,6 +103,7 @@ class JobStatus:
     result: dict[str, int] = field(default_factory=dict)
     content_hash: str = ""  # of the document and what it says about itself (rag/ingest.py)
     started_at: float = 0.0  # when a worker (last) started it; 0 while it waits
+    lost_runs: int = 0  # runs that never ended: their worker process died (killed, out of memory) mid-run
 
     @property
     def progress(self) -> float:
@@ -107,6 +116,7 @@ class JobStatus:
         data = asdict(self)
         data.pop("tenant")
         data.pop("content_hash")
+        data.pop("lost_runs")
         data["state"] = self.state.value
         data["progress"] = round(self.progress, 4)
         return data
@@ -129,6 +139,7 @@ class Admission:
     retry_after_s: int = 0  # refused: when to come back, about when this submission's turn comes
     ahead: int = 0  # refused: documents of other refused submissions ahead of this one in the line
     by_tenant_limit: bool = False  # refused (or too large) by the tenant's own limit, not the global one
+    key_reused_at: int | None = None  # refused: this document's idempotency key holds a job of other content
 
     @property
     def refused(self) -> bool:
@@ -143,8 +154,11 @@ class JobStore:
         ttl_s: int,
         enqueue_grace_s: float = ENQUEUE_GRACE_S,
         line_grace_s: float = LINE_GRACE_S,
+        document_lock_s: float = DOCUMENT_LOCK_S,
+        document_lock_wait_s: float = DOCUMENT_LOCK_WAIT_S,
     ) -> None:
         self._redis = client
+        self._lock_s, self._lock_wait_s = document_lock_s, document_lock_wait_s
         self._prefix = prefix
         self._ttl = ttl_s
         self._grace = enqueue_grace_s
@@ -167,6 +181,9 @@ class JobStore:
 
     def _payload_key(self, job_id: str) -> str:
         return f"{self._prefix}:jobdata:{job_id}"
+
+    def _staged_key(self, job_id: str) -> str:
+        return f"{self._prefix}:jobstaged:{job_id}"
 
     def _idem_key(self, tenant: str, key: str) -> str:
         return f"{self._prefix}:idem:{tenant}:{key}"
@@ -200,11 +217,30 @@ class JobStore:
         args: list[bytes | str | float] = [2, tenant_limit, limit, self._ttl, self._grace, self._job_key("")]
         args += [self._line_grace, HORIZON_MIN_S, HORIZON_MAX_S, RETRY_AFTER_MAX_S, random.random()]
         args.append("".join("1" if renew[key] else "0" for key in firsts))
-        for key, (status, payload) in firsts.items():
-            keys += [self._idem_key(tenant, key), self._job_key(status.job_id), self._payload_key(status.job_id)]
-            args += [status.job_id, _encode(status), json.dumps(payload.meta).encode() + b"\n" + payload.content]
-        ok, waiting, new, stale, found, retry_after, ahead, level = self._admit(keys=keys, args=args)
+        staged = {self._staged_key(status.job_id): payload for status, payload in firsts.values()}
+        for key, (status, _) in firsts.items():
+            job_id = status.job_id
+            keys += [
+                self._idem_key(tenant, key),
+                self._job_key(job_id),
+                self._payload_key(job_id),
+                self._staged_key(job_id),
+            ]
+            args += [job_id, _encode(status)]
+        try:
+            self._stage(staged)
+            ok, waiting, new, stale, found, retry_after, ahead, level = self._admit(keys=keys, args=args)
+        except redis.ResponseError as exc:
+            if "staged payload missing" not in str(exc):
+                raise
+            raise OrchestrionError("the documents expired in Redis before they were admitted: retry") from None
+        finally:
+            if staged:  # the admitted ones were renamed: what is left was not admitted
+                self._redis.delete(*staged)
         taken_over = [_bytes(job_id).decode() for job_id in stale]
+        if ok == -1:
+            reused = list(firsts)[int(new) - 1]
+            return Admission([], 0, 0, taken_over, key_reused_at=next(i for i, d in enumerate(docs) if d[1] == reused))
         if not ok:
             return Admission([], int(waiting), int(new), taken_over, int(retry_after), int(ahead), int(level) == 1)
         answers = {
@@ -218,6 +254,20 @@ class JobStore:
             seen.add(key)
         return Admission(jobs, int(waiting), int(new), taken_over)
 
+    def _stage(self, payloads: dict[str, JobPayload]) -> None:
+        """Write each document's bytes under a short-lived key, a few megabytes per round trip, for admission to
+        rename: Redis serves others between them instead of taking one request's documents in one call."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            held = 0
+            for key, payload in payloads.items():
+                data = json.dumps(payload.meta).encode() + b"\n" + payload.content
+                pipe.set(key, data, ex=STAGED_TTL_S)
+                held += len(data)
+                if held >= _STAGE_BATCH_BYTES:
+                    pipe.execute()
+                    held = 0
+            pipe.execute()
+
     def held_by(self, tenant: str, keys: Sequence[str]) -> dict[str, JobStatus]:
         """The job each of these idempotency keys holds now, for those that hold one."""
         holders = self._redis.mget([self._idem_key(tenant, key) for key in keys])
@@ -226,24 +276,54 @@ class JobStore:
         return {key: _decode(_bytes(raw)) for key, raw in zip(held, records, strict=True) if raw}
 
     @contextmanager
-    def writing_document(self, tenant: str, doc_id: str) -> Iterator[None]:
-        """Held while a job writes a document: two versions written at once would each keep their chunks.
-        The later write waits, then makes the document exactly its own version."""
+    def writing_document(self, tenant: str, doc_id: str, wait_s: float | None = None) -> Iterator[None]:
+        """Held while a job writes a document, or a delete removes it: two versions written at once would each
+        keep their chunks, and a delete beside a write would leave half of either. The later one waits (at most
+        `wait_s`, default the store's), then makes the document exactly its own version, or gone. The lock is
+        renewed while held, so a long write never outlives it."""
+        wait = self._lock_wait_s if wait_s is None else wait_s
         lock = redis.lock.Lock(
             self._redis,
             f"{self._prefix}:doclock:{tenant}:{doc_id}",
-            timeout=DOCUMENT_LOCK_S,
-            blocking_timeout=DOCUMENT_LOCK_WAIT_S,
+            timeout=self._lock_s,
+            blocking_timeout=wait,
+            thread_local=False,  # renewed from another thread
         )
         if not lock.acquire():
-            raise OrchestrionError(f"another job kept writing document {doc_id!r} for over {DOCUMENT_LOCK_WAIT_S:.0f}s")
+            raise ConflictError(f"document {doc_id!r} was being written for over {wait:.0f}s: retry later")
+        done = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(lock, done, doc_id), name="doclock", daemon=True)
+        renewer.start()
         try:
             yield
         finally:
+            done.set()
+            renewer.join()
             try:
                 lock.release()
-            except redis.exceptions.LockError:  # held past its timeout: another write may have begun meanwhile
+            except redis.exceptions.LockError:  # lost while held (renewals failed): another may have begun
                 log.warning("the write of document %r of %s outlasted its lock", doc_id, tenant)
+
+    def _renew(self, lock: redis.lock.Lock, done: threading.Event, doc_id: str) -> None:
+        while not done.wait(self._lock_s / 3):
+            try:
+                lock.reacquire()
+            except redis.exceptions.LockError:
+                log.warning("lost the lock of document %r while writing it", doc_id)
+                return
+            except redis.RedisError:
+                log.warning("could not renew the lock of document %r", doc_id, exc_info=True)
+
+    def mark_deleted(self, tenant: str, doc_id: str) -> None:
+        """A deleted document stays deleted for jobs submitted before the delete (rag/ingest.py)."""
+        self._redis.set(self._deleted_key(tenant, doc_id), repr(time.time()), ex=self._ttl)
+
+    def deleted_at(self, tenant: str, doc_id: str) -> float:
+        """When the document was last deleted (within the job TTL), 0 if not."""
+        return float(self._redis.get(self._deleted_key(tenant, doc_id)) or 0)
+
+    def _deleted_key(self, tenant: str, doc_id: str) -> str:
+        return f"{self._prefix}:deleted:{tenant}:{doc_id}"
 
     def forget_tenant(self, tenant: str) -> int:
         """Drop a removed tenant's idempotency keys and its level of admission: a tenant added again under its
@@ -307,10 +387,16 @@ class JobStore:
         return status
 
     def update(self, status: JobStatus, **changes: Any) -> JobStatus:
+        """Record the job's new state. A final one drops the submitted bytes with it: nothing reads them again
+        (a retry of a failed job is a new job), and a failed job's would otherwise hold memory for the job TTL."""
         for name, value in changes.items():
             setattr(status, name, value)
         status.updated_at = time.time()
-        self._redis.set(self._job_key(status.job_id), _encode(status), ex=self._ttl)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._job_key(status.job_id), _encode(status), ex=self._ttl)
+            if status.state in FINAL_STATES:
+                pipe.delete(self._payload_key(status.job_id))
+            pipe.execute()
         return status
 
     def payload(self, job_id: str) -> JobPayload:
@@ -320,8 +406,27 @@ class JobStore:
         meta, _, content = _bytes(raw).partition(b"\n")
         return JobPayload(content=content, meta=json.loads(meta))
 
-    def drop_payload(self, job_id: str) -> None:
-        self._redis.delete(self._payload_key(job_id))
+    def sweep(self, interval_s: float, steps: int = 10) -> int:
+        """Drop the submitted bytes of jobs that ended or expired without dropping them (a process that died
+        between the two, or records written before final states dropped them). At most once per `interval_s`
+        across processes, `steps` SCAN pages at a time from where the last sweep stopped, so no caller pays
+        for a whole keyspace. Returns how many payloads it dropped."""
+        if not self._redis.set(f"{self._prefix}:ingest:sweep", b"1", nx=True, ex=max(1, int(interval_s))):
+            return 0
+        cursor_key = f"{self._prefix}:ingest:sweep:cursor"
+        cursor, dropped = int(self._redis.get(cursor_key) or 0), 0
+        pattern = self._payload_key("*")
+        for _ in range(steps):
+            cursor, keys = self._redis.scan(cursor, match=pattern, count=1000)
+            if keys:
+                job_ids = [_bytes(key).decode().rpartition(":")[2] for key in keys]
+                records = self._redis.mget([self._job_key(job_id) for job_id in job_ids])
+                orphans = [key for key, raw in zip(keys, records, strict=True) if raw is None or _ended(raw)]
+                dropped += self._redis.delete(*orphans) if orphans else 0
+            if cursor == 0:
+                break
+        self._redis.set(cursor_key, cursor)
+        return dropped
 
     def record_duration(self, seconds: float) -> int:
         """Moving average of a job's run time: the slowest pace live workers drain the queue at. Returns how
@@ -341,6 +446,10 @@ class JobStore:
     def _load(self, job_id: str) -> JobStatus | None:
         raw = self._redis.get(self._job_key(job_id))
         return None if raw is None else _decode(_bytes(raw))
+
+
+def _ended(raw: bytes | str) -> bool:
+    return JobState(json.loads(raw)["state"]) in FINAL_STATES
 
 
 def _encode(status: JobStatus) -> bytes:

@@ -106,6 +106,20 @@ def _sniff(content: bytes) -> DocType | None:
     return DocType.TEXT
 
 
+def check_readable(content: bytes, doc_type: DocType) -> None:
+    """What can be told of `content` without parsing it (the servers check this; only workers parse
+    untrusted documents): text decodes in its encoding, a PDF starts like one. InvalidInputError if not."""
+    if doc_type is DocType.TEXT or doc_type is DocType.MARKDOWN:
+        _decode_utf8(content)
+    elif doc_type is DocType.HTML:
+        _decode_html(content)
+    elif doc_type is DocType.PDF:
+        if b"%PDF-" not in content[:1024]:
+            raise InvalidInputError("not a PDF: no %PDF- header in its first 1024 bytes")
+    else:
+        assert_never(doc_type)
+
+
 def parse(content: bytes, doc_type: DocType, *, fallback_title: str) -> ParsedDocument:
     """Parse `content` as `doc_type`; raise InvalidInputError for anything unreadable or empty."""
     if doc_type is DocType.TEXT:

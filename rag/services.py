@@ -68,10 +68,14 @@ def open_rag(
     embedder = build_embedder(settings.rag, client, prefix, serving)
     wv = connect_weaviate(settings, endpoints)
     activity = TenantActivity(client, prefix)
-    store = ChunkStore(wv, embedder.spec, on_use=activity.touch)
+    store = ChunkStore(
+        wv, embedder.spec, on_use=activity.touch, max_meta_properties=settings.rag.max_metadata_properties
+    )
     store.ensure_collections()
     counter = HFTokenCounter.from_model_dir(bundled_model_dir(), max_seq_length=256)
     chunker = Chunker(counter, settings.rag.chunk_tokens, settings.rag.chunk_overlap_tokens)
-    jobs = JobStore(client, prefix, settings.rag.job_ttl_s)
+    jobs = JobStore(
+        client, prefix, settings.rag.job_ttl_s, document_lock_wait_s=settings.celery.task_soft_time_limit_s / 2
+    )
     ingest = IngestService(settings.rag, jobs, store, embedder, chunker, enqueue)
     return RagServices(settings, client, wv, embedder, store, jobs, ingest, tenant_registry(settings), activity)

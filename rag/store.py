@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -28,26 +29,28 @@ from weaviate.classes.tenants import Tenant
 from weaviate.collections import Collection
 from weaviate.exceptions import UnexpectedStatusCodeError, WeaviateBaseError
 
-from core.errors import EmbeddingMismatchError, NotFoundError
+from core.errors import EmbeddingMismatchError, InvalidInputError, NotFoundError
 from rag.embedding import EmbeddingSpec
 from rag.filters import Scalar, meta_kind, meta_property, meta_value
 from rag.search_text import LEGACY_KEYWORD_FIELDS, SCHEMA_VERSION, search_text, upgrade_chunks
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 CHUNK_NAMESPACE = uuid.UUID("6f1c2a7e-3b1d-4f0a-9a51-0b7c4e2d8a10")
 MAX_PAGE = 10_000
+WRITE_BATCH = 500  # chunks per insert or delete request
 
 
 def chunk_uuid(tenant: str, doc_id: str, index: int, content_hash: str, described: str) -> uuid.UUID:
     """Deterministic: the same chunk of the same document version always gets the same id. `described` is
-    `described_as(info)`: a chunk also stores what its document says about itself (filters read it there),
-    so a new tag or metadata value makes new chunks instead of leaving the old values on the kept ones."""
+    `described_as(info)`: a chunk also stores what its document says about itself (filters read it there)
+    and which version it belongs to, so another version makes new chunks instead of sharing any."""
     return uuid.uuid5(CHUNK_NAMESPACE, f"{tenant}\x1f{doc_id}\x1f{index}\x1f{content_hash}\x1f{described}")
 
 
 def described_as(info: DocumentInfo) -> str:
     """A digest of the document properties every chunk of it stores."""
-    stored = [info.title, info.source, info.doc_type, sorted(info.tags), info.metadata]
+    stored = [info.title, info.source, info.doc_type, sorted(info.tags), info.metadata, info.content_hash]
     return hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -141,12 +144,18 @@ def _tenant_checked(method: F) -> F:
 
 class ChunkStore:
     def __init__(
-        self, client: WeaviateClient, spec: EmbeddingSpec, on_use: Callable[[str], None] | None = None
+        self,
+        client: WeaviateClient,
+        spec: EmbeddingSpec,
+        on_use: Callable[[str], None] | None = None,
+        max_meta_properties: int | None = None,
     ) -> None:
-        """`on_use(tenant)` is called on every read or write of a tenant (see rag/activity.py)."""
+        """`on_use(tenant)` is called on every read or write of a tenant (see rag/activity.py).
+        `max_meta_properties`: most metadata properties writes may give the chunk collection (None: no limit)."""
         self.client = client
         self.spec = spec
         self._on_use = on_use
+        self._max_meta = max_meta_properties
         self.chunks_name, self.docs_name = collection_names(spec)
         self._tenants = _TenantCache()
         self._meta_props: set[str] | None = None
@@ -274,6 +283,7 @@ class ChunkStore:
         """User metadata becomes filterable properties, one per key and type (rag/filters.py `meta_property`),
         created on first use. The names carry the type, so no tenant's choice of type constrains another's."""
         chunks = self.client.collections.use(self.chunks_name)
+        self.check_metadata_room([metadata])
         for key, value in metadata.items():
             name = meta_property(key, value)
             if self.has_meta_property(name):
@@ -288,13 +298,32 @@ class ChunkStore:
             if self._meta_props is not None:
                 self._meta_props.add(name)
 
+    def check_metadata_room(self, metadata: Sequence[dict[str, Scalar]]) -> None:
+        """The properties these documents' metadata would add fit within the limit. The collection is shared by
+        every tenant, each new key (and type) one more property in its schema: unbounded, one tenant could grow it
+        for all. Processes adding at once may pass it by one property each."""
+        if self._max_meta is None:
+            return
+        wanted = {meta_property(k, v): f"{k!r} ({meta_kind(v)})" for m in metadata for k, v in m.items()}
+        known = self._meta_properties(reread=not set(wanted) <= (self._meta_props or set()))
+        missing = sorted(label for name, label in wanted.items() if name not in known)
+        if len(known) + len(missing) > self._max_meta:
+            raise InvalidInputError(
+                f"metadata {', '.join(missing)} would add {len(missing)} filterable properties to the {len(known)} "
+                f"that every tenant's documents share, over the limit of {self._max_meta} "
+                "(ORCHESTRION_RAG__MAX_METADATA_PROPERTIES): use metadata keys already in use, or fewer"
+            )
+
     def has_meta_property(self, name: str, reread: bool = False) -> bool:
         """Whether the chunk collection has this metadata property. Other processes add them (the workers, as
         documents come in): a name this process has not seen is looked up again before it is said to be missing."""
-        if reread or self._meta_props is None or name not in self._meta_props:
+        return name in self._meta_properties(reread or name not in (self._meta_props or set()))
+
+    def _meta_properties(self, reread: bool) -> set[str]:
+        if reread or self._meta_props is None:
             properties = self.client.collections.use(self.chunks_name).config.get().properties
             self._meta_props = {p.name for p in properties if p.name.startswith("meta_")}
-        return name in self._meta_props
+        return self._meta_props
 
     @_tenant_checked
     def existing_chunk_ids(self, tenant: str, doc_id: str) -> set[uuid.UUID]:
@@ -314,7 +343,11 @@ class ChunkStore:
     def write_document(
         self, tenant: str, info: DocumentInfo, chunks: Sequence[StoredChunk], vectors: Sequence[Sequence[float]]
     ) -> WriteResult:
-        """Make the stored document exactly `chunks`: insert new ones, then delete stale ones."""
+        """Make the stored document exactly `chunks`, switching versions at once for readers: every chunk records
+        its document's version (`info.content_hash`) and reads keep only the version the document record names.
+        So: insert the new version's chunks (unseen), then flip the record, then delete the old version's.
+        A failure before the flip removes what it inserted (the old version stays whole); one after it leaves
+        old chunks nobody reads, which the next write or delete of the document removes."""
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
         self.ensure_metadata_properties(info.metadata)
@@ -328,6 +361,7 @@ class ChunkStore:
             "doc_type": info.doc_type,
             "tags": info.tags,
             "ingested_at": info.ingested_at,
+            "doc_version": info.content_hash,
             **{meta_property(k, v): meta_value(v) for k, v in info.metadata.items()},
         }
         new = [
@@ -348,25 +382,43 @@ class ChunkStore:
             if cid not in existing
         ]
         collection = self._chunks(tenant)
-        for start in range(0, len(new), 500):
-            result = collection.data.insert_many(new[start : start + 500])
+        try:
+            for start in range(0, len(new), WRITE_BATCH):
+                result = collection.data.insert_many(new[start : start + WRITE_BATCH])
+                if result.has_errors:
+                    first = next(iter(result.errors.values()))
+                    raise RuntimeError(f"Weaviate rejected {len(result.errors)} chunk(s): {first.message}")
+            result = self._docs(tenant).data.insert_many(
+                [DataObject(properties=_doc_props(info), uuid=doc_uuid(tenant, info.doc_id))]
+            )
             if result.has_errors:
-                first = next(iter(result.errors.values()))
-                raise RuntimeError(f"Weaviate rejected {len(result.errors)} chunk(s): {first.message}")
+                raise RuntimeError(f"Weaviate rejected the record of {info.doc_id!r}: {result.errors[0].message}")
+        except Exception:
+            self._cleanup(tenant, info, [cid for cid in ids if cid not in existing])
+            raise
         stale = list(existing - set(ids))
-        for start in range(0, len(stale), 500):
-            collection.data.delete_many(where=Filter.by_id().contains_any(stale[start : start + 500]))
-        self._docs(tenant).data.insert_many(
-            [DataObject(properties=_doc_props(info), uuid=doc_uuid(tenant, info.doc_id))]
-        )
+        self._delete_chunks(collection, stale)
         return WriteResult(written=len(new), deleted=len(stale), unchanged=len(chunks) - len(new))
+
+    def _cleanup(self, tenant: str, info: DocumentInfo, inserted: Sequence[uuid.UUID]) -> None:
+        """A write that failed before its flip takes back what it inserted; if that fails too, the chunks stay
+        unread (not of the version the record names) until the next write or delete of the document."""
+        try:
+            if self.content_hashes(tenant, [info.doc_id]).get(info.doc_id) == info.content_hash:
+                return  # the flip went through after all (a reply lost), or this version was current already
+            self._delete_chunks(self._chunks(tenant), inserted)
+        except WeaviateBaseError:
+            log.warning("could not remove %d chunk(s) of a failed write of %s", len(inserted), tenant, exc_info=True)
+
+    @staticmethod
+    def _delete_chunks(collection: Collection[Any, Any], ids: Sequence[uuid.UUID]) -> None:
+        for start in range(0, len(ids), WRITE_BATCH):
+            collection.data.delete_many(where=Filter.by_id().contains_any(list(ids[start : start + WRITE_BATCH])))
 
     @_tenant_checked
     def delete_document(self, tenant: str, doc_id: str) -> int:
         stale = list(self.existing_chunk_ids(tenant, doc_id))
-        collection = self._chunks(tenant)
-        for start in range(0, len(stale), 500):
-            collection.data.delete_many(where=Filter.by_id().contains_any(stale[start : start + 500]))
+        self._delete_chunks(self._chunks(tenant), stale)
         docs = self._docs(tenant)
         if docs.data.exists(doc_uuid(tenant, doc_id)):
             docs.data.delete_by_id(doc_uuid(tenant, doc_id))
@@ -398,18 +450,20 @@ class ChunkStore:
 
     @_tenant_checked
     def document_chunks(self, tenant: str, doc_id: str) -> list[SearchHit]:
-        """All chunks of one document, in order."""
-        self.document(tenant, doc_id)
+        """All chunks of one document's current version, in order."""
+        version = self.document(tenant, doc_id).content_hash
         chunks = self._chunks(tenant)
         hits: list[SearchHit] = []
+        offset = 0
         while True:  # a 10 MB document can hold more chunks than one page
             page = chunks.query.fetch_objects(
                 filters=Filter.by_property("doc_id").equal(doc_id),
                 sort=Sort.by_property("chunk_index", ascending=True),
                 limit=MAX_PAGE,
-                offset=len(hits),
+                offset=offset,
             ).objects
-            hits.extend(_hit(o.properties, 1.0) for o in page)
+            offset += len(page)
+            hits.extend(_hit(o.properties, 1.0) for o in page if _current(o.properties, {doc_id: version}))
             if len(page) < MAX_PAGE:
                 return hits
 
@@ -441,7 +495,8 @@ class ChunkStore:
                 list(vector or []), limit=k, filters=filters, return_metadata=MetadataQuery(distance=True)
             )
             # Cosine distance of unit vectors is in [0, 2]; report a similarity in [-1, 1].
-            return [_hit(o.properties, 1.0 - float(o.metadata.distance or 0.0)) for o in found.objects]
+            objects = self._current_only(tenant, found.objects)
+            return [_hit(o.properties, 1.0 - float(o.metadata.distance or 0.0)) for o in objects]
         if mode == "keyword":
             found = chunks.bm25(
                 query, query_properties=list(self.keyword_fields), limit=k, filters=filters,
@@ -458,7 +513,21 @@ class ChunkStore:
                 filters=filters,
                 return_metadata=MetadataQuery(score=True),
             )
-        return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in found.objects]
+        return [_hit(o.properties, float(o.metadata.score or 0.0)) for o in self._current_only(tenant, found.objects)]
+
+    def _current_only(self, tenant: str, objects: Sequence[Any]) -> list[Any]:
+        """The hits of the versions their document records name: none of a write not yet flipped (or of a new
+        document not yet recorded), none of a replaced version not yet deleted. Such hits are dropped, not
+        replaced, so a search during a write or after a failed cleanup may return fewer than k."""
+        versions = self.content_hashes(tenant, [str(o.properties["doc_id"]) for o in objects]) if objects else {}
+        return [o for o in objects if _current(o.properties, versions)]
+
+
+def _current(props: Any, versions: dict[str, str]) -> bool:
+    """A chunk of its document's current version. Chunks written before versions were recorded (no
+    `doc_version`) belong to whatever version the record names."""
+    doc_id = str(props.get("doc_id") or "")
+    return doc_id in versions and (props.get("doc_version") or versions[doc_id]) == versions[doc_id]
 
 
 def recorded_specs(client: WeaviateClient) -> dict[str, dict[str, Any]]:
@@ -497,6 +566,8 @@ def _chunk_properties() -> list[Property]:
         Property(name="chunk_index", data_type=DataType.INT),
         Property(name="content_hash", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
         Property(name="ingested_at", data_type=DataType.DATE),
+        # The document version the chunk belongs to (its record's content_hash): reads keep the current one.
+        Property(name="doc_version", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
     ]
 
 

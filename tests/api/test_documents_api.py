@@ -92,6 +92,11 @@ def test_bad_uploads_get_clear_4xx_answers(rag: RagServices, tenant: str, api_se
     assert bad_filter.status_code == 422 and "k" in bad_filter.json()["message"]
     missing = httpx.get(f"{api}/v1/jobs/not-a-job", headers=headers)
     assert missing.status_code == 404 and "no ingest job" in missing.json()["message"]
+    cap = rag.settings.rag.max_documents_per_request
+    many = [("files", (f"n{i}.md", f"# Note {i}".encode())) for i in range(cap + 1)]
+    too_many = httpx.post(f"{api}/v1/documents", headers=headers, files=many, timeout=60)
+    assert too_many.status_code == 400, too_many.text
+    assert f"{cap + 1} documents in one request, over the limit of {cap}" in too_many.json()["message"]
     assert "Traceback" not in unsupported.text + bad_meta.text + bad_filter.text + missing.text
 
 

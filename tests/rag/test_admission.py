@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import BusyError, InvalidInputError, OrchestrionError
+from core.errors import BusyError, IdempotencyKeyReusedError, InvalidInputError, OrchestrionError
 from rag.ingest import IngestService, Submission
 from rag.jobs import HORIZON_MIN_S, JobState, JobStatus
 from tests.conftest import free_port, start_worker
@@ -52,6 +52,7 @@ def test_concurrent_submitters_never_exceed_the_limit(private: Callable[..., Pri
     assert sorted(p.queued_job_ids()) == sorted(accepted) == sorted(p.admitted())
     assert p.unconfirmed() == set()
     assert p.keys("job") == p.keys("jobdata") == p.keys(f"idem:{tenant}") == 10
+    assert p.keys("jobstaged") == 0  # the refused submissions' bytes, written before admission, are gone
     assert all(service.status(tenant, job_id).state == JobState.QUEUED for job_id in accepted)
 
 
@@ -92,6 +93,37 @@ def test_resubmission_while_full_is_answered_with_the_same_job(private: Callable
     assert again.job_id == by_content.job_id and again_by_key.job_id == by_key.job_id
     assert sorted(p.queued_job_ids()) == sorted({by_content.job_id, by_key.job_id, twice[0].job_id})
     assert p.keys(f"idem:{tenant}") == 3
+
+
+def test_one_idempotency_key_raced_with_other_content_admits_only_the_first(
+    private: Callable[..., Private], tenant: str
+) -> None:
+    """Two submissions at once under one key with different content: one job, the other told the key is taken
+    (the check is inside the admission script, so neither passes it before the other writes)."""
+    p = private(100)
+    service = p.service()
+
+    def race(round_: int) -> list[JobStatus | IdempotencyKeyReusedError]:
+        start = threading.Barrier(2)
+
+        def submit(i: int) -> JobStatus | IdempotencyKeyReusedError:
+            start.wait()
+            try:
+                [job] = service.submit(tenant, [note(f"race-{round_}-{i}")], idempotency_key=f"race-{round_}")
+                return job
+            except IdempotencyKeyReusedError as reused:
+                return reused
+
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(submit, range(2)))
+
+    for round_ in range(10):
+        answers = race(round_)
+        accepted = [a for a in answers if isinstance(a, JobStatus)]
+        refused = [a for a in answers if isinstance(a, IdempotencyKeyReusedError)]
+        assert len(accepted) == 1 and len(refused) == 1, (round_, answers)
+        assert f"'race-{round_}' was used for other content (document 0" in str(refused[0])
+    assert p.keys("job") == p.keys("jobdata") == p.keys(f"idem:{tenant}") == 10 == len(p.queued_job_ids())
 
 
 def _refused(service: IngestService, tenant: str, name: str) -> BusyError:
@@ -251,6 +283,7 @@ def test_jobs_that_cannot_be_queued_are_withdrawn_and_free_their_slots(
     jobs = [p.jobs.load(text_of(key).rsplit(":", 1)[1]) for key in p.redis.keys(f"{p.prefix}:job:*")]
     failed = [j for j in jobs if j.job_id != kept.job_id]
     assert [(j.state, j.error) for j in failed] == [(JobState.FAILED, "could not be queued")] * 2
+    assert p.redis.exists(f"{p.prefix}:jobdata:{kept.job_id}") and p.keys("jobdata") == 1  # theirs dropped
 
     retried = p.service().submit(tenant, docs, idempotency_key="batch-1")
     assert {j.job_id for j in retried}.isdisjoint(j.job_id for j in failed)

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import IdempotencyKeyReusedError, InvalidInputError, NotFoundError
 from rag import store as store_module
-from rag.ingest import Submission
+from rag.ingest import IngestService, Submission
 from rag.jobs import JobState
 from rag.search import SearchRequest, search
 from rag.services import RagServices
@@ -180,7 +180,8 @@ def test_two_documents_of_one_submission_cannot_share_a_doc_id(rag: RagServices,
         (Submission(b"PK\x03\x04 zip bytes", filename="report.docx"), "unsupported"),
         (Submission(b"   \n\n ", filename="empty.md"), "empty"),
         (Submission(b"caf\xe9 au lait", filename="latin1.txt"), "UTF-8"),
-        (Submission(b"%PDF-1.4 this is no pdf", filename="broken.pdf"), "PDF"),
+        (Submission(b"no header at all", filename="broken.pdf"), "not a PDF: no %PDF- header"),
+        (Submission(b"<html><body>caf\xe9</body></html>", filename="latin1.html"), "UTF-8"),
         (Submission(b"fine", filename="a.md", doc_id="bad id with spaces"), "doc_id"),
         (Submission(b"fine", filename="a.md", metadata={"Bad-Key": 1}), "metadata key"),
     ],
@@ -199,3 +200,38 @@ def test_document_over_the_size_limit_names_the_limit(rag: RagServices, tenant: 
     limit = rag.settings.rag.max_document_bytes
     with pytest.raises(InvalidInputError, match=f"limit of {limit:,} bytes"):
         rag.ingest.submit(tenant, [Submission(b"a" * (limit + 1), filename="big.txt")])
+
+
+def test_a_malformed_pdf_is_accepted_and_fails_on_the_worker_with_its_reason(rag: RagServices, tenant: str) -> None:
+    """Servers check a document's size, type and encoding; only workers parse it (an untrusted parser's crash or
+    bomb must not reach the API process)."""
+    [job] = rag.ingest.submit(tenant, [Submission(b"%PDF-1.4 this is no pdf", filename="broken.pdf")])
+    assert job.state == JobState.QUEUED
+    [failed] = wait_jobs(rag, tenant, [job])
+    assert failed.state == JobState.FAILED and "could not read PDF" in failed.error, failed.error
+    assert not rag.redis.exists(f"{rag.settings.redis.key_prefix}:jobdata:{job.job_id}")  # its bytes went with it
+    with pytest.raises(NotFoundError):
+        rag.store.document(tenant, job.doc_id)
+
+
+def test_a_document_without_a_title_takes_its_own_from_the_worker(rag: RagServices, tenant: str) -> None:
+    job = ingest_text(rag, tenant, "<html><head><title>Kept title</title></head><body><p>Body.</p></body></html>",
+                      filename="page.html")  # fmt: skip
+    assert rag.store.document(tenant, job.doc_id).title == "Kept title"
+    named = ingest_text(rag, tenant, "# Own heading\n\nBody.", filename="named.md", title="Given title")
+    assert rag.store.document(tenant, named.doc_id).title == "Given title"
+    bare = ingest_text(rag, tenant, "no heading here", filename="Bare name.txt")
+    assert rag.store.document(tenant, bare.doc_id).title == "Bare name"
+
+
+def test_a_request_over_the_document_or_byte_cap_is_refused_whole(rag: RagServices, tenant: str) -> None:
+    caps = rag.settings.rag.model_copy(update={"max_documents_per_request": 3, "max_request_bytes": 100})
+    service = IngestService(caps, rag.jobs, rag.store, rag.embedder, rag.ingest.chunker,
+                            lambda _tenant, _ids: pytest.fail("a refused request was queued"))  # fmt: skip
+    four = [Submission(f"# Note {i}".encode(), f"n{i}.md") for i in range(4)]
+    with pytest.raises(InvalidInputError, match=r"4 documents in one request, over the limit of 3 \(ORCHESTRION_RAG__"):
+        service.submit(tenant, four)
+    big = [Submission(b"x" * 60, "a.txt"), Submission(b"y" * 60, "b.txt")]
+    with pytest.raises(InvalidInputError, match=r"together exceed the limit of 100 bytes \(ORCHESTRION_RAG__MAX_REQ"):
+        service.submit(tenant, big)
+    assert not rag.redis.keys(f"{rag.settings.redis.key_prefix}:idem:{tenant}:*")

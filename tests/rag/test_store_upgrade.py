@@ -12,7 +12,7 @@ from weaviate.classes.tenants import Tenant
 from rag.embedding import EmbeddingSpec
 from rag.search_text import SCHEMA_VERSION
 from rag.services import RagServices
-from rag.store import ChunkStore, _chunk_properties, _doc_properties, collection_names
+from rag.store import ChunkStore, _chunk_properties, _doc_properties, collection_names, doc_uuid
 
 
 def test_chunks_of_an_earlier_version_get_search_text_and_keyword_search_finds_them(rag: RagServices) -> None:
@@ -41,6 +41,11 @@ def test_chunks_of_an_earlier_version_get_search_text_and_keyword_search_finds_t
             "chunk_index": 0,
         }
         old.with_tenant("acme").data.insert(chunk, vector=[1 / math.sqrt(8)] * 8)
+        # Its document's record, as every version wrote it (chunks without one are a write that never finished).
+        record = {"doc_id": "payments", "title": "Payments guide", "content_hash": "h", "chunk_count": 1}
+        rag.weaviate.collections.use(docs_name).with_tenant("acme").data.insert(
+            record, uuid=doc_uuid("acme", "payments")
+        )
 
         store = ChunkStore(rag.weaviate, spec)
         store.ensure_collections()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import NotFoundError
 from orchestrion.knowledge import provision
 from rag.ingest import Submission
 from rag.jobs import JobState, JobStatus
@@ -51,6 +52,18 @@ def _wait_embedding(rag: RagServices, tenant: str, job: JobStatus, timeout: floa
         assert status.state not in (JobState.DONE, JobState.FAILED), "the job ended before the crash"
         time.sleep(0.05)
     raise AssertionError("the job never reached the embedding stage")
+
+
+def _wait_running(rag: RagServices, tenant: str, job: JobStatus, run: int, timeout: float = 120) -> None:
+    """Until the job's `run`-th run (counted by the job record) embeds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = rag.ingest.status(tenant, job.job_id)
+        if status.lost_runs == run and status.state == JobState.EMBEDDING:
+            return
+        assert status.state not in (JobState.DONE, JobState.FAILED), (status.state, status.error)
+        time.sleep(0.05)
+    raise AssertionError(f"run {run} of the job never reached the embedding stage")
 
 
 def _children(pid: int) -> list[int]:
@@ -117,3 +130,28 @@ def test_whole_worker_crash_job_is_redelivered_to_the_next_worker(
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_a_document_that_kills_its_worker_every_time_fails_after_the_limit(
+    crash_env: dict[str, str], crash_rag: RagServices, tmp_path: Path
+) -> None:
+    """A poison document (its pool process dies on every run) is redelivered RAG__INGEST_MAX_LOST_RUNS times,
+    then fails with its reason, instead of coming back forever."""
+    tenant = f"crash-{uuid.uuid4().hex[:8]}"
+    provision(crash_rag, tenant)
+    worker, _ = start_worker({**crash_env, "ORCHESTRION_RAG__INGEST_MAX_LOST_RUNS": "2"}, tmp_path, concurrency=1)
+    try:
+        [job] = crash_rag.ingest.submit(tenant, [Submission(_long_document(120), "poison.md")])
+        for run in (1, 2):
+            _wait_running(crash_rag, tenant, job, run)
+            [pool_process] = _children(worker.pid)
+            os.kill(pool_process, signal.SIGKILL)
+
+        [failed] = wait_jobs(crash_rag, tenant, [job], timeout=240)
+        assert failed.state == JobState.FAILED and failed.lost_runs == 2
+        assert failed.error.startswith("gave up after 2 runs whose worker process died"), failed.error
+        assert not crash_rag.redis.exists(f"{crash_env['ORCHESTRION_REDIS__KEY_PREFIX']}:jobdata:{job.job_id}")
+        with pytest.raises(NotFoundError):
+            crash_rag.store.document(tenant, job.doc_id)
+    finally:
+        worker.stop()
