@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,34 @@ def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
         if service.get("restart") != "no":
             assert "healthcheck" in service, f"{name} has no healthcheck"
     assert "scale" not in services["worker"] and "container_name" not in services["worker"]
+
+
+def test_every_orchestrion_variable_in_compose_names_a_setting(compose_env: dict[str, str], compose_dir: Path) -> None:
+    """A misspelt variable is silently ignored: ORCHESTRION_DATABASE_URL left compose's checkpoints in SQLite."""
+    shutil.copy(REPO / ".env.example", compose_dir / ".env")
+    result = subprocess.run(
+        ["docker", "compose", "--profile", "local-llm", "config", "--format", "json"],
+        cwd=compose_dir,
+        env=compose_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    names = {
+        name
+        for service in json.loads(result.stdout)["services"].values()
+        for name in (service.get("environment") or {})
+        if name.startswith("ORCHESTRION_")
+    }
+    assert "ORCHESTRION_AGENTS__CHECKPOINT_URL" in names
+    unknown = []
+    for name in sorted(names):
+        model: Any = Settings
+        for part in name.removeprefix("ORCHESTRION_").lower().split("__"):
+            field = model.model_fields.get(part)
+            if field is None:
+                unknown.append(name)
+                break
+            model = field.annotation
+    assert not unknown, f"compose sets variables no setting reads: {unknown}"
