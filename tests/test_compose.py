@@ -101,9 +101,7 @@ def test_compose_refuses_to_start_without_secrets(compose_env: dict[str, str], c
     assert "in .env" in result.stderr  # names the variable and where to set it
 
 
-def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
-    compose_env: dict[str, str], compose_dir: Path
-) -> None:
+def _resolved_services(compose_env: dict[str, str], compose_dir: Path) -> dict[str, Any]:
     shutil.copy(REPO / ".env.example", compose_dir / ".env")
     result = subprocess.run(
         ["docker", "compose", "--profile", "local-llm", "config", "--format", "json"],
@@ -114,7 +112,14 @@ def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
         timeout=120,
         check=True,
     )
-    services = json.loads(result.stdout)["services"]
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
+    compose_env: dict[str, str], compose_dir: Path
+) -> None:
+    services = _resolved_services(compose_env, compose_dir)
     for name, service in services.items():
         image = service.get("image", "")
         tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
@@ -126,19 +131,10 @@ def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
 
 def test_every_orchestrion_variable_in_compose_names_a_setting(compose_env: dict[str, str], compose_dir: Path) -> None:
     """A misspelt variable is silently ignored: ORCHESTRION_DATABASE_URL left compose's checkpoints in SQLite."""
-    shutil.copy(REPO / ".env.example", compose_dir / ".env")
-    result = subprocess.run(
-        ["docker", "compose", "--profile", "local-llm", "config", "--format", "json"],
-        cwd=compose_dir,
-        env=compose_env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    services = _resolved_services(compose_env, compose_dir)
     names = {
         name
-        for service in json.loads(result.stdout)["services"].values()
+        for service in services.values()
         for name in (service.get("environment") or {})
         if name.startswith("ORCHESTRION_")
     }
