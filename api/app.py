@@ -25,6 +25,7 @@ from api.agent.hub import StreamHub
 from api.agent.idempotency import Idempotency
 from api.documents import router as documents_router
 from api.errors import install_error_handlers
+from api.tracing import TraceIdHeader
 from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.stack import resolve_endpoints
@@ -141,6 +142,7 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
 
     app = FastAPI(title="Orchestrion", version=orchestrion_version(), lifespan=lifespan, telemetry=TELEMETRY)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(TraceIdHeader)
     install_error_handlers(app)
     app.include_router(documents_router)
     for agent_routes in (assistants.router, threads.router, runs.router):

@@ -136,6 +136,12 @@ class LangfuseSettings(BaseModel):
         description="Without keys or endpoint: JSON-lines span file; default <data_dir>/traces/spans.jsonl.",
     )
     environment: str = Field(default="development", description="Tracing environment tag.")
+    capture: Literal["preview", "full", "none"] = Field(
+        default="preview",
+        description="What spans keep of inputs and outputs (questions, passages, answers): each string up to "
+        "preview_chars (preview), whole (full), or only its length (none). Secrets are always redacted.",
+    )
+    preview_chars: int = Field(default=500, ge=0, le=100_000, description="capture=preview: characters kept.")
 
     @property
     def enabled(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from langgraph.errors import GraphBubbleUp
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
@@ -25,30 +26,56 @@ from agents.executor import answer_step, tool_step
 from agents.planner import plan_step
 from agents.retriever import retrieve_step
 from agents.state import RunContext, RunState, StepTask
+from observability.observations import observe
+
+PASS = (GraphBubbleUp,)  # an interrupt (waiting for an approval) goes through a node's span: not a failure
 
 
 def build_graph(deps: AgentDeps) -> StateGraph[RunState, RunContext, RunState, RunState]:
     """The uncompiled graph; compile it with the process's checkpointer."""
 
+    # A span per node execution (observability/observations.py): the model calls and tool calls a node makes
+    # nest under it, and its output is the part of the state it changed.
     async def plan(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return await plan_step(state, deps, runtime.context)
+        with observe("plan", as_type="chain", metadata={"replans": state.get("replans", 0)}, control_flow=PASS) as node:
+            update = await plan_step(state, deps, runtime.context)
+            node.output(update.get("plan"))
+            return update
 
     async def step(task: StepTask, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        if task["step"]["kind"] == "retrieve":
-            rewrite = (task["step"].get("query") is None) and await deps.can_plan(runtime.context.tenant)
-            return await retrieve_step(task, deps, runtime.context, rewrite)
-        return await tool_step(task, deps, runtime.context)
+        kind = task["step"]["kind"]
+        as_type = "retriever" if kind == "retrieve" else "tool"
+        with observe(f"step {kind}", as_type=as_type, input=task["step"], control_flow=PASS) as node:
+            if kind == "retrieve":
+                rewrite = (task["step"].get("query") is None) and await deps.can_plan(runtime.context.tenant)
+                update = await retrieve_step(task, deps, runtime.context, rewrite)
+            else:
+                update = await tool_step(task, deps, runtime.context)
+            results = list((update.get("step_results") or {}).values())
+            node.output(results[0] if len(results) == 1 else results)
+            if any(not r.get("ok") for r in results):
+                node.failed("; ".join(str(r.get("error")) for r in results if not r.get("ok")))
+            return update
 
     async def gather(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return judge(state, runtime.context.budgets)
+        with observe("gather", as_type="chain") as node:
+            update = judge(state, runtime.context.budgets)
+            node.output(update)
+            return update
 
     async def answer(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        return await answer_step(state, deps, runtime.context)
+        evidence = len(state.get("evidence") or [])
+        with observe("answer", as_type="chain", metadata={"evidence": evidence}, control_flow=PASS) as node:
+            update = await answer_step(state, deps, runtime.context)
+            node.output(update.get("answer"))
+            return update
 
     async def stop(state: RunState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-        limits = runtime.context.budgets
-        reason = state.get("stop_reason") or spent(state, limits) or pending_budget(state, limits)
-        return {"stop_reason": reason, "answer": None, "citations": []}
+        with observe("stop", as_type="chain") as node:
+            limits = runtime.context.budgets
+            reason = state.get("stop_reason") or spent(state, limits) or pending_budget(state, limits)
+            node.output(reason)
+            return {"stop_reason": reason, "answer": None, "citations": []}
 
     def after(state: RunState, runtime: Runtime[RunContext]) -> list[Send] | str:
         return schedule(state, runtime.context.budgets)

@@ -29,7 +29,6 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
-from opentelemetry import trace
 
 from agents.budgets import run_budgets
 from agents.deps import AgentDeps
@@ -52,10 +51,10 @@ from graphs.runs import (
     ThreadRecord,
     new_id,
 )
-from observability.propagation import current_trace_id
+from observability.propagation import current_trace_id, current_traceparent
+from observability.run_trace import run_observation
 
 log = logging.getLogger(__name__)
-_tracer = trace.get_tracer("orchestrion.graphs")
 GRAPH_NAME = "orchestration"
 MAX_QUESTION_CHARS = 8000
 ASK_STREAM_MODES = ("custom",)
@@ -90,6 +89,15 @@ def run_config(run: RunRecord) -> Any:
     if run.options.get("recursion_limit"):
         config["recursion_limit"] = int(run.options["recursion_limit"])
     return config
+
+
+def _outcome(run: RunRecord) -> dict[str, Any]:
+    """What a run's trace shows as its output."""
+    return {
+        "status": run.status, "answer": run.answer, "citations": [c.get("label") for c in run.citations],
+        "stop_reason": run.stop_reason or None, "error": run.error or None,
+        "interrupts": [i.get("value") for i in run.interrupts] or None, "usage": run.usage,
+    }  # fmt: skip
 
 
 def question_of(graph_input: Any) -> str:
@@ -196,6 +204,8 @@ class Runner:
             metadata=dict(metadata or {}),
             multitask_strategy=multitask_strategy,
             temporary=temporary,
+            trace_id=current_trace_id(),
+            trace_parent=current_traceparent(),
         )
         outcome, holder = await self.store.create_run(run, self.settings.run_lease_s)
         await self.store.mark_inflight(run)
@@ -249,9 +259,10 @@ class Runner:
         context = RunContext(
             run.tenant, run.run_id, run.thread_id, run_budgets(self.settings, run.options.get("budgets"))
         )
-        with _tracer.start_as_current_span(
-            f"run {GRAPH_NAME}", attributes={"run.id": run.run_id, "thread.id": run.thread_id}
-        ) as span:
+        with run_observation(
+            graph=GRAPH_NAME, run_id=run.run_id, thread_id=run.thread_id, tenant=run.tenant, metadata=run.metadata,
+            question=run.question, traceparent=run.trace_parent, execution=run.executions + 1,
+        ) as observed:  # fmt: skip
             try:
                 await self.deps.toolbox.ready()  # a process just started: its MCP servers are still connecting
                 if resume is not None:  # an approval: kept until the run settles, for a resume after a crash
@@ -259,6 +270,7 @@ class Runner:
                 run.status, run.executions = RUNNING, run.executions + 1
                 run.started_at = run.started_at or time.time()
                 run.trace_id = run.trace_id or current_trace_id()
+                run.trace_parent = run.trace_parent or current_traceparent()
                 await self.store.save_run(run)
                 graph_input = await self._input(run, config, resume)
                 sink = self._sink(run, on_event)
@@ -266,21 +278,24 @@ class Runner:
                 execution.check()
                 done = await self._settle(run, config)
             except RunLostError:
+                observed.observation.failed("the run's lease was lost: another process resumes it")
                 raise
             except RunCancelledError as cancelled:
-                return await self._cancelled(run, cancelled.action)
+                done = await self._cancelled(run, cancelled.action)
             except GraphRecursionError:
                 limit = config.get("recursion_limit")
-                return await self._failed(
+                done = await self._failed(
                     run, f"the run reached its recursion limit ({limit or 'default'} graph steps)"
                 )
             except OrchestrionError as exc:
-                return await self._failed(run, str(exc))
+                done = await self._failed(run, str(exc))
             except Exception:
                 log.exception("run %s failed", run.run_id)
-                return await self._failed(run, f"internal error; trace id {run.trace_id}")
-            span.set_attribute("run.status", done.status)
-            span.set_attribute("run.plan_source", done.plan_source)
+                done = await self._failed(run, f"internal error; trace id {run.trace_id}")
+            if done.status == ERROR:
+                observed.observation.failed(done.error)
+            observed.observation.attributes(**{"run.status": done.status, "run.plan_source": done.plan_source})
+            observed.finish(done.status, _outcome(done))
             return done
 
     async def _input(self, run: RunRecord, config: Any, resume: Any) -> Any:

@@ -165,6 +165,7 @@ class RunRecord:
     plan_source: str = ""
     usage: dict[str, float] = field(default_factory=dict)
     trace_id: str | None = None
+    trace_parent: str | None = None  # W3C traceparent the run began in: later executions join its trace
     interrupted_at: float | None = None
     # The decisions an approval sent, kept until the run settles: a run resumed after a crash gives the graph the
     # same decisions again instead of asking the person twice.

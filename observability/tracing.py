@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from core.settings import Settings
+from observability.masking import Masking
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def init_tracing(settings: Settings, service: str, span_exporter: SpanExporter |
         span_exporter=exporter,
         flush_interval=1.0,
         should_export_span=lambda span: True,  # our Celery and HTTP spans too, not only LLM ones
+        mask_otel_spans=Masking.from_settings(settings).spans,  # wraps every exporter above: one place
     )
     log.info("tracing: spans go to %s", destination, extra={"service": service})
     return Tracing(langfuse=client, provider=provider, destination=destination)

@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
@@ -23,6 +24,7 @@ from core.errors import (
     OrchestrionError,
 )
 from core.settings import RagSettings
+from observability.observations import Observation, observe
 from rag.chunking import Chunker
 from rag.doc_ids import check_doc_id, doc_id_for_path
 from rag.documents import DocType
@@ -282,10 +284,14 @@ class IngestService:
         self.jobs.update(status, state=JobState.PARSING, error="")
         # Jobs queued before titles were left to workers carry the parsed title and no fallback.
         fallback = str(meta["title"] or meta.get("fallback_title") or "untitled")
-        parsed = parse(payload.content, DocType(meta["doc_type"]), fallback_title=fallback)
-        parsed = replace(parsed, title=str(meta["title"]) or parsed.title)
+        with _stage("parse", doc_type=meta["doc_type"], bytes=len(payload.content)) as observed:
+            parsed = parse(payload.content, DocType(meta["doc_type"]), fallback_title=fallback)
+            parsed = replace(parsed, title=str(meta["title"]) or parsed.title)
+            observed.metadata(sections=len(parsed.sections))
         self.jobs.update(status, state=JobState.CHUNKING)
-        chunks = self.chunker.chunk(parsed)
+        with _stage("chunk") as observed:
+            chunks = self.chunker.chunk(parsed)
+            observed.metadata(chunks=len(chunks))
         if self._unchanged(tenant, doc_id, str(meta["content_hash"]), len(chunks)):
             result = {"written": 0, "deleted": 0, "unchanged": len(chunks)}
             return self.jobs.update(status, state=JobState.DONE, chunks_total=len(chunks), chunks_done=len(chunks),
@@ -293,9 +299,10 @@ class IngestService:
         self.jobs.update(status, state=JobState.EMBEDDING, chunks_total=len(chunks), chunks_done=0)
         vectors: list[list[float]] = []
         batch = self.settings.embed_batch_size
-        for start in range(0, len(chunks), batch):
-            vectors.extend(self.embedder.embed([c.embed_text for c in chunks[start : start + batch]]))
-            self.jobs.update(status, chunks_done=len(vectors))
+        with _stage("embed", chunks=len(chunks), batch=batch):
+            for start in range(0, len(chunks), batch):
+                vectors.extend(self.embedder.embed([c.embed_text for c in chunks[start : start + batch]]))
+                self.jobs.update(status, chunks_done=len(vectors))
         self.jobs.update(status, state=JobState.STORING)
         info = DocumentInfo(
             doc_id=doc_id,
@@ -310,7 +317,7 @@ class IngestService:
             submitted_at=status.created_at,
         )
         stored = [StoredChunk(c.index, c.text, c.heading_path, _sha(c.embed_text.encode())) for c in chunks]
-        with self.jobs.writing_document(tenant, doc_id):
+        with _stage("store", chunks=len(chunks)) as observed, self.jobs.writing_document(tenant, doc_id):
             if (
                 self._newer_stored(tenant, doc_id, status.created_at)
                 or self.jobs.deleted_at(tenant, doc_id) > status.created_at
@@ -318,8 +325,10 @@ class IngestService:
                 # A later submission of this document was written first (another worker, a shorter job), or
                 # the document was deleted after this one was submitted.
                 result = {"written": 0, "deleted": 0, "unchanged": 0, "superseded": 1}
+                observed.output(result)
                 return self.jobs.update(status, state=JobState.DONE, result=result)
             written = self.store.write_document(tenant, info, stored, vectors)
+            observed.output(asdict(written))
         return self.jobs.update(status, state=JobState.DONE, result=asdict(written))
 
     def _newer_stored(self, tenant: str, doc_id: str, submitted_at: float) -> bool:
@@ -334,6 +343,11 @@ class IngestService:
         except NotFoundError:
             return False
         return current.content_hash == content_hash and current.chunk_count == chunk_count
+
+
+def _stage(name: str, **metadata: Any) -> AbstractContextManager[Observation]:
+    """One ingest stage's span, under the worker's task span."""
+    return observe(f"ingest {name}", metadata=metadata)
 
 
 def check_request_size(settings: RagSettings, documents: int, total_bytes: int) -> None:

@@ -7,6 +7,7 @@ from typing import Literal
 from opentelemetry import trace
 from pydantic import BaseModel, Field
 
+from observability.observations import observe
 from rag.embedding import Embedder
 from rag.filters import FilterSpec, to_weaviate
 from rag.store import ChunkStore, SearchHit
@@ -37,6 +38,16 @@ class SearchRequest(BaseModel):
 
 
 def search(store: ChunkStore, embedder: Embedder, tenant: str, request: SearchRequest) -> list[SearchHit]:
+    filters = request.filters.model_dump(mode="json", exclude_none=True) if request.filters is not None else None
+    metadata = {"k": request.k, "mode": request.mode, "filters": filters, "min_score": request.min_score}
+    with observe("retrieval", as_type="retriever", input={"query": request.query}, metadata=metadata) as observed:
+        hits = _search(store, embedder, tenant, request)
+        observed.attributes(**{"rag.k": request.k, "rag.mode": request.mode, "rag.hits": len(hits)})
+        observed.output([{"doc_id": h.doc_id, "chunk_index": h.chunk_index, "score": h.score} for h in hits])
+        return hits
+
+
+def _search(store: ChunkStore, embedder: Embedder, tenant: str, request: SearchRequest) -> list[SearchHit]:
     vector = None
     if request.mode != "keyword":
         # Its own span: under load the query waits here for the batch ahead of it (rag/batching.py).

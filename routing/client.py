@@ -42,6 +42,7 @@ from langfuse import Langfuse
 
 from core.errors import InvalidInputError, OrchestrionError
 from observability.propagation import current_trace_id
+from observability.run_trace import note_tier
 from routing.balancer import Balancer, Lease
 from routing.calls import Ask, Failure, OnChunk, OutputSchema, chat_model, classify, prepare, to_messages, whole_chunk
 from routing.fleet import Deployment, Fleet
@@ -389,6 +390,7 @@ class ModelClient:
 
     async def _traced(self, d: Deployment, decision: Decision, ask: Ask) -> Completion:
         """One attempt as a Langfuse generation: model, usage, cost, TTFT, and the routing decision."""
+        note_tier(d.tier)
         if self._langfuse is None:
             return await self._stream(d, ask)
         with self._langfuse.start_as_current_observation(

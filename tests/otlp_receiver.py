@@ -5,13 +5,15 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,16 @@ class ReceivedSpan:
     service: str
     path: str
     authorization: str
+    kind: int = 0
+    start_ns: int = 0
+    end_ns: int = 0
+    status_code: int = 0
+    attributes: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    events: tuple[str, ...] = ()
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
 
 
 class OtlpReceiver:
@@ -68,6 +80,12 @@ class OtlpReceiver:
                                 service=attrs.get("service.name", ""),
                                 path=path,
                                 authorization=authorization,
+                                kind=span.kind,
+                                start_ns=span.start_time_unix_nano,
+                                end_ns=span.end_time_unix_nano,
+                                status_code=span.status.code,
+                                attributes={a.key: _value(a.value) for a in span.attributes},
+                                events=tuple(e.name for e in span.events),
                             )
                         )
 
@@ -86,3 +104,12 @@ class OtlpReceiver:
 
     def close(self) -> None:
         self._server.shutdown()
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
+    return getattr(value, kind) if kind else None

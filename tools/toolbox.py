@@ -27,9 +27,11 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.dispatcher import ProgressFnT as Progress
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, RequestParamsMeta, Tool
+from opentelemetry.trace import SpanKind
 
 from core.errors import InvalidInputError
 from core.tenancy import acting_as
+from observability.observations import observe
 from observability.propagation import inject_current
 from tools.servers_file import ServerEntry, ToolRules
 
@@ -195,6 +197,25 @@ class Toolbox:
         server = self._servers[spec.server]
         if server.client is None:
             return ToolResult(False, "", None, f"MCP server {spec.server} is not connected: {server.problem}")
+        metadata = {"server": spec.server, "remote_name": spec.remote_name, "in_process": spec.in_process}
+        with observe(f"tool {name}", as_type="tool", kind=SpanKind.CLIENT, input=arguments, metadata=metadata) as span:
+            result = await self._call(tenant, spec, server, arguments, progress, timeout_s)
+            span.output(result.public())
+            if not result.ok:
+                span.failed(result.error)
+            return result
+
+    async def _call(
+        self,
+        tenant: str,
+        spec: ToolSpec,
+        server: _Server,
+        arguments: dict[str, Any],
+        progress: Progress | None,
+        timeout_s: float | None,
+    ) -> ToolResult:
+        name = spec.name
+        assert server.client is not None
         meta: dict[str, Any] = {}
         inject_current(meta)  # W3C trace context in the request's _meta; a server that does not read it ignores it
         scope: AbstractContextManager[None] = acting_as(tenant) if spec.in_process else nullcontext()

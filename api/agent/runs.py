@@ -196,7 +196,8 @@ def stream_response(
 async def _sse(
     agent: AgentApi, run: RunRecord, after: str, only: set[str] | None, cancel_on_disconnect: bool
 ) -> AsyncIterator[bytes]:
-    yield sse_event("metadata", {"run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1})
+    metadata = {"run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1, "trace_id": run.trace_id}
+    yield sse_event("metadata", metadata)
     try:
         async for batch in agent.hub.follow(run.run_id, after, agent.settings.heartbeat_s):
             if batch is None:  # quiet: a heartbeat keeps proxies from closing the stream

@@ -74,4 +74,5 @@ def run_view(run: RunRecord) -> dict[str, Any]:
             **run.options,
         },
         "error": run.error or None,
+        "trace_id": run.trace_id,  # the run's trace (Langfuse, or `orchestrion trace RUN_ID`)
     }

@@ -6,7 +6,8 @@ a scripted planner and answerer, for the crash tests: they SIGKILL it mid-run an
     python -m tests.graphs.run_host serve SCRIPT.json PORT      # `orchestrion serve`, its runs in this process
 
 SCRIPT.json: {"plan": <plan>, "replan": <plan>, "answer": "...", "answer_delay_s": 0}, and optionally
-"by_question": [[words, <plan>], ...]: the plan for a question containing those words. Everything else is real:
+"by_question": [[words, <plan>], ...]: the plan for a question containing those words, and "real": [purpose,
+...]: the calls of those purposes (e.g. "answer") go to the real routed models instead. Everything else is real:
 Valkey, the SQLite checkpointer file, the toolbox and its stdio servers, the Celery `tools` queue.
 """
 
@@ -45,7 +46,13 @@ def _script(path: str) -> Script:
 
 
 def _scripted(runner: Runner, script_path: str) -> None:
-    runner.deps.chat = scripted_factory(_script(script_path))
+    scripted, routed = scripted_factory(_script(script_path)), runner.deps.chat
+    real: list[str] = json.loads(Path(script_path).read_text()).get("real", [])
+
+    def chat(tenant: str, purpose: str, max_tokens: int) -> Any:  # `real` purposes: the routed, real models
+        return (routed if purpose in real else scripted)(tenant, purpose, max_tokens)
+
+    runner.deps.chat = chat
     runner.dispatch = None  # this process executes and resumes its runs itself (no worker has the scripted model)
 
     async def plans(_: str) -> bool:
