@@ -74,5 +74,5 @@ def run_view(run: RunRecord) -> dict[str, Any]:
             **run.options,
         },
         "error": run.error or None,
-        "trace_id": run.trace_id,  # the run's trace (Langfuse, or `orchestrion trace RUN_ID`)
+        "trace_id": run.trace_id,  # the run's trace: the spans of every process that executed it
     }
