@@ -44,7 +44,10 @@ def test_stdio_server_serves_the_local_default_tenant(
         lambda s: s.name == "tools/call search_documents" and s.service == "orchestrion-mcp"
         and s in otlp.spans[earlier_spans:]
     )  # fmt: skip
-    assert {s.name for s in otlp.spans if s.parent_span_id == tool.span_id} == {"embed query", "weaviate query"}
+    [retrieval] = [s for s in otlp.spans if s.parent_span_id == tool.span_id]
+    assert retrieval.name == "retrieval"
+    assert retrieval.attributes["rag.hits"] == len(search.structured_content["hits"])
+    assert {s.name for s in otlp.spans if s.parent_span_id == retrieval.span_id} == {"embed query", "weaviate query"}
 
 
 def test_ingest_over_http_reports_progress_then_the_job(rag: RagServices, tenant: str, api_server: ApiServer) -> None:
@@ -101,13 +104,15 @@ def test_mcp_calls_are_counted_and_traced_and_oauth_metadata_still_served(
     # Spans arrive in batches, and an earlier test's may arrive after `earlier_spans`: so any new
     # search span will do, as long as its children hang under it.
     [weaviate, *_] = otlp.wait_for(lambda s: s.name == "weaviate query" and s in otlp.spans[earlier_spans:])
-    [tool] = otlp.wait_for(lambda s: s.span_id == weaviate.parent_span_id)  # it ends last: maybe a later batch
+    [retrieval] = otlp.wait_for(lambda s: s.span_id == weaviate.parent_span_id)  # it ends later: maybe a later batch
+    [tool] = otlp.wait_for(lambda s: s.span_id == retrieval.parent_span_id)
+    assert retrieval.name == "retrieval"
     assert (tool.name, tool.service, tool.trace_id) == (
         "tools/call search_documents",
         "orchestrion-api",
         weaviate.trace_id,
     )
-    assert {s.name for s in otlp.spans if s.parent_span_id == tool.span_id} == {"embed query", "weaviate query"}
+    assert {s.name for s in otlp.spans if s.parent_span_id == retrieval.span_id} == {"embed query", "weaviate query"}
 
 
 def _mcp_posts(url: str) -> float:
