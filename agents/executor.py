@@ -23,6 +23,7 @@ from agents.deps import AgentDeps
 from agents.planner import history
 from agents.state import RunContext, RunState, StepTask
 from core.errors import InvalidInputError, OrchestrionError
+from observability.observations import observe
 from tools.toolbox import ToolResult, ToolSpec
 
 ARGUMENT_TOKENS = 400
@@ -95,7 +96,14 @@ async def _call(spec: ToolSpec, arguments: dict[str, Any], deps: AgentDeps, ctx:
     resumed run gets their result, or a failed step if its process stopped mid-call); read-only calls run."""
     calls, call_id = deps.long_calls, f"{ctx.run_id}:{sid}"
     if calls is not None and spec.long_running:
-        return await calls.run(call_id, ctx.run_id, spec.name, arguments, deps.settings.long_tool_timeout_s)
+        # The client side of a call a worker makes: its `send` span and the worker's task span go under it.
+        metadata = {"server": spec.server, "queue": "tools", "call_id": call_id}
+        with observe(f"tool {spec.name}", as_type="tool", input=arguments, metadata=metadata) as span:
+            result = await calls.run(call_id, ctx.run_id, spec.name, arguments, deps.settings.long_tool_timeout_s)
+            span.output(result.public())
+            if not result.ok:
+                span.failed(result.error)
+            return result
 
     async def direct() -> ToolResult:
         return await deps.toolbox.call(ctx.tenant, spec.name, arguments)

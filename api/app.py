@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CollectorRegistry, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.agent import assistants, runs, threads
 from api.agent.admission import Admission
@@ -25,7 +24,7 @@ from api.agent.hub import StreamHub
 from api.agent.idempotency import Idempotency
 from api.documents import router as documents_router
 from api.errors import install_error_handlers
-from api.tracing import TraceIdHeader
+from api.middleware import RequestObserver
 from core.heap import freeze_startup_heap
 from core.settings import Settings
 from core.stack import resolve_endpoints
@@ -33,8 +32,10 @@ from mcp_servers.context import ServerDeps
 from mcp_servers.http import mcp_http_app
 from mcp_servers.ping import orchestrion_version
 from mcp_servers.server import build_server
-from observability.instruments import HTTP_LATENCY, HTTP_REQUESTS, QueueDepthCollector
+from observability.instruments import CircuitCollector, QueueDepthCollector
 from observability.metrics import render_latest
+from operations.models import fleet
+from operations.services import Services
 from rag.embedding import warm_up
 from rag.services import RagServices
 from workers.app import queue_depth
@@ -42,33 +43,6 @@ from workers.host import Host, HostOpener
 
 log = logging.getLogger(__name__)
 MCP_PATH = "/mcp"
-
-
-class MetricsMiddleware:
-    """Counts and times every request by route template (not raw path: bounded label values)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = {"code": 500}
-
-        async def recording_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or (MCP_PATH if scope["path"].startswith(MCP_PATH) else "other")
-            HTTP_REQUESTS.labels(scope["method"], template, str(status["code"])).inc()
-            HTTP_LATENCY.labels(scope["method"], template).observe(time.perf_counter() - started)
 
 
 class McpFastPath:
@@ -82,7 +56,7 @@ class McpFastPath:
 
     def __init__(self, api: ASGIApp, mcp: ASGIApp, path: str) -> None:
         self.api = api
-        self.mcp = MetricsMiddleware(mcp)
+        self.mcp = RequestObserver(mcp, route_of_unrouted=path)
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -141,8 +115,7 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
             await state["redis"].aclose()
 
     app = FastAPI(title="Orchestrion", version=orchestrion_version(), lifespan=lifespan, telemetry=TELEMETRY)
-    app.add_middleware(MetricsMiddleware)
-    app.add_middleware(TraceIdHeader)
+    app.add_middleware(RequestObserver)
     install_error_handlers(app)
     app.include_router(documents_router)
     for agent_routes in (assistants.router, threads.router, runs.router):
@@ -164,12 +137,12 @@ def create_app(settings: Settings, open_host: HostOpener) -> ASGIApp:
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)
 
-    # Sync on purpose: FastAPI runs it in a thread, so the queue-depth reads from Redis
-    # never block the event loop that serves MCP calls.
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    def metrics() -> Response:
-        body, content_type = render_latest()
-        return Response(body + generate_latest(state["queues"]), media_type=content_type)
+    async def metrics() -> Response:
+        circuits = await _circuit_states(app.state.services)
+        # In a thread: the queue-depth reads from Redis must not block the loop that serves MCP calls.
+        body, content_type = await anyio.to_thread.run_sync(_render_metrics, state["queues"], circuits)
+        return Response(body, media_type=content_type)
 
     # Last: everything FastAPI does not route (the MCP app's OAuth metadata) goes to the MCP app,
     # with its own middleware (transport security, bearer auth) intact.
@@ -249,6 +222,27 @@ async def _offload_idle_tenants(rag: RagServices) -> None:
             continue
         if done:
             log.info("offloaded %d idle tenant(s)", len(done))
+
+
+async def _circuit_states(services: Services) -> dict[str, str]:
+    """Each deployment's circuit from the fleet's shared state; none when the fleet is absent or unreachable
+    (a scrape reports what it can rather than fail)."""
+    if services.models is None:
+        return {}
+    try:
+        with anyio.fail_after(2):
+            view = await fleet(services)
+    except Exception:  # logged; the rest of the scrape still answers
+        log.debug("circuit states unavailable for /metrics", exc_info=True)
+        return {}
+    return {deployment.name: health.status for deployment, health in view.deployments}
+
+
+def _render_metrics(queues: CollectorRegistry, circuits: dict[str, str]) -> tuple[bytes, str]:
+    body, content_type = render_latest()
+    fleet_health = CollectorRegistry()
+    fleet_health.register(CircuitCollector(circuits))
+    return body + generate_latest(queues) + generate_latest(fleet_health), content_type
 
 
 def _queue_depth_registry(settings: Settings, celery_app: Celery) -> CollectorRegistry:

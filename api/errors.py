@@ -24,6 +24,7 @@ from core.errors import (
     NotFoundError,
     OrchestrionError,
 )
+from observability.instruments import HTTP_REJECTIONS
 from observability.propagation import current_trace_id
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {}
         details: Any = None
         if isinstance(exc, BusyError):
+            HTTP_REJECTIONS.labels(exc.reason).inc()
             headers["Retry-After"] = str(exc.retry_after_s)
             details = {"retry_after_s": exc.retry_after_s}
         if isinstance(exc, AuthenticationError):

@@ -36,11 +36,13 @@ class NotFoundError(OrchestrionError):
 
 
 class BusyError(OrchestrionError):
-    """Accepted work is backed up; the caller should retry after `retry_after_s` seconds."""
+    """Accepted work is backed up; the caller should retry after `retry_after_s` seconds. `reason` names the
+    limit, for the 429 counter (a few fixed words, never a tenant or a number)."""
 
-    def __init__(self, message: str, retry_after_s: int) -> None:
+    def __init__(self, message: str, retry_after_s: int, reason: str = "busy") -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.reason = reason
 
 
 class AuthenticationError(OrchestrionError):

@@ -28,6 +28,7 @@ from agents.retriever import retrieve_step
 from agents.state import RunContext, RunState, StepTask
 from observability.observations import observe
 
+GRAPH_NAME = "orchestration"
 PASS = (GraphBubbleUp,)  # an interrupt (waiting for an approval) goes through a node's span: not a failure
 
 
@@ -40,6 +41,10 @@ def build_graph(deps: AgentDeps) -> StateGraph[RunState, RunContext, RunState, R
         with observe("plan", as_type="chain", metadata={"replans": state.get("replans", 0)}, control_flow=PASS) as node:
             update = await plan_step(state, deps, runtime.context)
             node.output(update.get("plan"))
+            if update.get("replans", 0) > state.get("replans", 0):
+                from observability.instruments import RUN_REPLANS  # here: a worker imports it after its setup
+
+                RUN_REPLANS.labels(GRAPH_NAME).inc()
             return update
 
     async def step(task: StepTask, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -75,6 +80,9 @@ def build_graph(deps: AgentDeps) -> StateGraph[RunState, RunContext, RunState, R
             limits = runtime.context.budgets
             reason = state.get("stop_reason") or spent(state, limits) or pending_budget(state, limits)
             node.output(reason)
+            from observability.instruments import RUN_BUDGET_STOPS
+
+            RUN_BUDGET_STOPS.labels(GRAPH_NAME, budget_of(reason)).inc()
             return {"stop_reason": reason, "answer": None, "citations": []}
 
     def after(state: RunState, runtime: Runtime[RunContext]) -> list[Send] | str:
@@ -161,6 +169,14 @@ def schedule(state: RunState, limits: Budgets) -> list[Send] | str:
     evidence = (state.get("evidence") or [])[:5]
     question, run_id = state.get("question", ""), state.get("run_id", "")
     return [Send("step", StepTask(step=s, question=question, run_id=run_id, evidence=evidence)) for s in chosen]
+
+
+_BUDGETS = {"token": "tokens", "time": "time", "step": "steps", "tool-call": "tool_calls"}
+
+
+def budget_of(stop_reason: str) -> str:
+    """Which budget a stop reason names ("step budget spent (...)" -> "steps"), as a bounded label."""
+    return _BUDGETS.get(stop_reason.split(" budget", 1)[0], "other")
 
 
 def pending_budget(state: RunState, limits: Budgets) -> str:

@@ -37,7 +37,7 @@ from core.errors import ConflictError, InvalidInputError, NotFoundError, Orchest
 from core.settings import AgentSettings
 from graphs.events import RunEvents
 from graphs.lease import Execution, RunCancelledError, RunLostError
-from graphs.orchestration import build_graph
+from graphs.orchestration import GRAPH_NAME, build_graph
 from graphs.runs import (
     CANCELLED,
     ERROR,
@@ -55,7 +55,6 @@ from observability.propagation import current_trace_id, current_traceparent
 from observability.run_trace import run_observation
 
 log = logging.getLogger(__name__)
-GRAPH_NAME = "orchestration"
 MAX_QUESTION_CHARS = 8000
 ASK_STREAM_MODES = ("custom",)
 STREAM_MODES = ("values", "updates", "messages", "custom", "debug", "tasks", "checkpoints")
@@ -98,6 +97,17 @@ def _outcome(run: RunRecord) -> dict[str, Any]:
         "stop_reason": run.stop_reason or None, "error": run.error or None,
         "interrupts": [i.get("value") for i in run.interrupts] or None, "usage": run.usage,
     }  # fmt: skip
+
+
+def _count_run(run: RunRecord, seconds: float) -> None:
+    """One execution of a run (a resumed run counts again: each is time spent on workers)."""
+    from observability.instruments import RUN_DURATION, RUN_INTERRUPTS, RUN_STEPS  # after a worker's setup
+
+    outcome = CANCELLED if run.cancel_reason else run.status
+    RUN_DURATION.labels(GRAPH_NAME, outcome).observe(seconds)
+    RUN_STEPS.labels(GRAPH_NAME, outcome).observe(run.usage.get("steps", 0))
+    if run.status == INTERRUPTED and not run.cancel_reason:
+        RUN_INTERRUPTS.labels(GRAPH_NAME).inc()
 
 
 def question_of(graph_input: Any) -> str:
@@ -263,6 +273,7 @@ class Runner:
             graph=GRAPH_NAME, run_id=run.run_id, thread_id=run.thread_id, tenant=run.tenant, metadata=run.metadata,
             question=run.question, traceparent=run.trace_parent, execution=run.executions + 1,
         ) as observed:  # fmt: skip
+            began = time.perf_counter()
             try:
                 await self.deps.toolbox.ready()  # a process just started: its MCP servers are still connecting
                 if resume is not None:  # an approval: kept until the run settles, for a resume after a crash
@@ -296,6 +307,7 @@ class Runner:
                 observed.observation.failed(done.error)
             observed.observation.attributes(**{"run.status": done.status, "run.plan_source": done.plan_source})
             observed.finish(done.status, _outcome(done))
+            _count_run(done, time.perf_counter() - began)
             return done
 
     async def _input(self, run: RunRecord, config: Any, resume: Any) -> Any:

@@ -50,13 +50,34 @@ async def serve_mcp_http(mcp: MCPServer, settings: Settings, base_url: str, port
     """A standalone MCP HTTP server (`orchestrion mcp --http`) on settings.server.host."""
     import uvicorn
 
+    from api.middleware import RequestObserver
+
     config = uvicorn.Config(
-        mcp_http_app(mcp, settings, base_url),
+        WithMetrics(RequestObserver(mcp_http_app(mcp, settings, base_url), route_of_unrouted="/mcp")),
         host=settings.server.host,
         port=port,
         log_level=settings.log_level.lower(),
     )
     await uvicorn.Server(config).serve()
+
+
+class WithMetrics:
+    """`GET /metrics` (Prometheus text, unauthenticated like the API's: bind it to a private interface) beside
+    the MCP app of a standalone server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/metrics":
+            await self.app(scope, receive, send)
+            return
+        from observability.metrics import render_latest
+
+        body, content_type = render_latest()
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class UnauthenticatedShape:

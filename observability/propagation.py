@@ -13,9 +13,9 @@ _W3C = TraceContextTextMapPropagator()
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
-def inject_current(carrier: MutableMapping[str, Any]) -> None:
-    """Write the current span's traceparent (and tracestate) into `carrier`, if a span is active."""
-    _W3C.inject(carrier)
+def inject_current(carrier: MutableMapping[str, Any], of: context.Context | None = None) -> None:
+    """Write the current span's (or the span of `of`'s) traceparent and tracestate into `carrier`."""
+    _W3C.inject(carrier, of)
 
 
 @contextmanager

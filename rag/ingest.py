@@ -199,6 +199,7 @@ class IngestService:
             f"busy: {admission.waiting} {whose}ingest jobs wait to start ({which}limit {limit}) and {admission.ahead} "
             f"refused documents are ahead of yours; nothing was accepted, retry after {admission.retry_after_s}s",
             retry_after_s=admission.retry_after_s,
+            reason="tenant_ingest" if admission.by_tenant_limit else "ingest_queue",
         )
 
     def _enqueue_new(self, tenant: str, admission: Admission, keys: Sequence[str]) -> None:
@@ -251,6 +252,9 @@ class IngestService:
         if lost >= most:  # a document that kills its worker would otherwise be redelivered forever
             reason = f"gave up after {lost} runs whose worker process died (killed, or out of memory on this document)"
             log.warning("ingest job %s failed: %s (RAG__INGEST_MAX_LOST_RUNS=%d)", job_id, reason, most)
+            from observability.instruments import DEAD_LETTERS
+
+            DEAD_LETTERS.labels("ingest").inc()
             return self.jobs.update(status, state=JobState.FAILED, error=reason)
         # Recorded with the first stage: the run counts as lost until it ends, for a killed one never says so.
         status.lost_runs, status.started_at = lost + 1, time.time()

@@ -263,6 +263,7 @@ class ModelClient:
         await self.ledger.record(
             tenant, cost_tier, completion.tokens_in, completion.tokens_out, completion.cost_usd, reservation
         )
+        metrics.cost.labels(tenant, completion.deployment).inc(completion.cost_usd)
         await self.cache.put(key, completion._stored())
         return completion
 
@@ -368,10 +369,12 @@ class ModelClient:
         try:
             result = await self._traced(d, decision, ask)
         except PartialStreamError:
+            self._count_error(d, Failure(False, None, "partial stream"))
             await asyncio.shield(state.failed(lease))
             raise
         except Exception as exc:  # noqa: BLE001 - classified here; only deliberate errors escape
             failure = classify(exc)
+            self._count_error(d, failure)
             if failure.request_refused:
                 await asyncio.shield(state.release(lease))
                 return failure, False
@@ -383,6 +386,13 @@ class ModelClient:
             raise
         await asyncio.shield(state.succeeded(lease, result.latency_s))
         return result
+
+    @staticmethod
+    def _count_error(d: Deployment, failure: Failure) -> None:
+        from observability.instruments import model_metrics
+
+        kind = "refused" if failure.request_refused else failure.reason  # the provider's words are unbounded
+        model_metrics().errors.labels(d.name, kind).inc()
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.fleet.backoff_max_s, self.fleet.backoff_base_s * 2**attempt)
@@ -448,7 +458,7 @@ class ModelClient:
                         continue
                     if ttft is None:
                         ttft = time.perf_counter() - started
-                        metrics.ttft.labels(d.name).observe(ttft)
+                        metrics.ttft.labels(d.name, d.tier).observe(ttft)
                     chunks += 1
                     if ask.on_chunk is not None and prepared.streams:
                         sent = True
@@ -471,8 +481,11 @@ class ModelClient:
         estimated = usage is None  # e.g. llama.cpp sends no usage on streams: count roughly, and say so
         tokens_in = int(usage["input_tokens"]) if usage else sum(len(str(m.content)) for m in ask.chat) // 4 + 1
         tokens_out = int(usage["output_tokens"]) if usage else chunks
-        metrics.tokens.labels(d.name, "in").inc(tokens_in)
-        metrics.tokens.labels(d.name, "out").inc(tokens_out)
+        metrics.tokens.labels(d.name, d.tier, "in").inc(tokens_in)
+        metrics.tokens.labels(d.name, d.tier, "out").inc(tokens_out)
+        metrics.latency.labels(d.name, d.tier).observe(latency)
+        if ttft is not None and latency > ttft and tokens_out > 1:
+            metrics.token_rate.labels(d.name, d.tier).observe((tokens_out - 1) / (latency - ttft))
         message.usage_metadata = {"input_tokens": tokens_in, "output_tokens": tokens_out,
                                   "total_tokens": tokens_in + tokens_out}  # fmt: skip
         message.response_metadata = {**message.response_metadata, "model_name": d.model, "deployment": d.name,

@@ -1,7 +1,10 @@
 """Celery signals that carry the trace across the queue and record task metrics.
 
-The producer writes its W3C traceparent into the message headers; the worker makes
-it the parent of the task's span, so a task is one step of the request's trace.
+The producer marks the enqueue with a `send <task>` span (kind PRODUCER) and writes its
+W3C traceparent and the send time into the message headers; the worker makes that span
+the parent of the task's span, so a task is one step of the request's trace, and the gap
+between the two spans (also the `orchestrion_celery_task_wait_seconds` histogram) is the
+time the task waited in its queue.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ from contextlib import AbstractContextManager, ExitStack
 from typing import Any
 
 from celery import Celery, signals
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from core.settings import Settings
 from observability.propagation import TRACE_HEADERS, attached_from, inject_current
 from observability.tracing import Tracing, init_tracing
+
+SENT_AT = "orchestrion_sent_at"  # a message header: wall-clock seconds (the worker may be on another host)
 
 
 class _TaskTracer:
@@ -32,12 +39,20 @@ class _TaskTracer:
             self.tracing.shutdown()
 
     def before_start(self, task_id: str, task: Any, **_: Any) -> None:
+        from observability.instruments import TASK_REDELIVERIES, TASK_WAIT
+
+        queue = _queue_of(task)
+        sent_at = getattr(task.request, SENT_AT, None)
+        if isinstance(sent_at, int | float):
+            TASK_WAIT.labels(task.name, queue).observe(max(0.0, time.time() - sent_at))
+        if (getattr(task.request, "delivery_info", None) or {}).get("redelivered"):
+            TASK_REDELIVERIES.labels(task.name, queue).inc()
         stack = ExitStack()
         carrier = {name: getattr(task.request, name, None) for name in TRACE_HEADERS}
         stack.enter_context(attached_from(carrier))
         if self.tracing is not None:
             span: AbstractContextManager[Any] = self.tracing.langfuse.start_as_current_observation(
-                name=f"task {task.name}", metadata={"task_id": task_id, "queue": _queue_of(task)}
+                name=f"task {task.name}", metadata={"task_id": task_id, "queue": queue}
             )
             stack.enter_context(span)
         self._open[task_id] = (stack, time.perf_counter())
@@ -49,7 +64,7 @@ class _TaskTracer:
         if opened is None:
             return
         stack, started = opened
-        TASK_LATENCY.labels(task.name).observe(time.perf_counter() - started)
+        TASK_LATENCY.labels(task.name, _queue_of(task)).observe(time.perf_counter() - started)
         TASKS.labels(task.name, state or "UNKNOWN").inc()
         stack.close()
 
@@ -59,15 +74,37 @@ def _queue_of(task: Any) -> str:
     return str(info.get("routing_key", ""))
 
 
-def _inject_trace_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    if headers is not None:
-        inject_current(headers)
+def _on_publish(
+    sender: str | None = None, headers: dict[str, Any] | None = None, routing_key: str | None = None, **_: Any
+) -> None:
+    if headers is None:
+        return
+    # Ended at once: it marks the enqueue (publishing itself is a Redis round trip), and a span held until
+    # after_task_publish would leak whenever the publish raised.
+    span = trace.get_tracer("orchestrion.celery").start_span(
+        f"send {sender}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "celery",
+            "messaging.destination.name": routing_key or "",
+            "messaging.message.id": str(headers.get("id", "")),
+        },
+    )
+    span.end()
+    inject_current(headers, trace.set_span_in_context(span))
+    headers[SENT_AT] = time.time()
+
+
+def _on_retry(sender: Any = None, **_: Any) -> None:
+    from observability.instruments import TASK_RETRIES
+
+    TASK_RETRIES.labels(getattr(sender, "name", str(sender))).inc()
 
 
 def instrument_producer() -> None:
     """Any process that sends tasks: its current trace goes along in the message headers.
     Connecting twice is harmless: Celery keys receivers by identity."""
-    signals.before_task_publish.connect(_inject_trace_headers, weak=False, dispatch_uid="orchestrion-trace")
+    signals.before_task_publish.connect(_on_publish, weak=False, dispatch_uid="orchestrion-trace")
 
 
 _tracer: _TaskTracer | None = None
@@ -86,6 +123,7 @@ def instrument_worker(app: Celery, settings: Settings) -> None:
     signals.worker_process_shutdown.connect(tracer.stop_process, weak=False)
     signals.task_prerun.connect(tracer.before_start, weak=False)
     signals.task_postrun.connect(tracer.after_run, weak=False)
+    signals.task_retry.connect(_on_retry, weak=False)
     from workers.process import close_host, warm_up
 
     signals.worker_process_init.connect(warm_up, weak=False)

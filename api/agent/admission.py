@@ -48,13 +48,16 @@ class Admission:
             in_celery, in_backlogs = await pipe.execute()
         waiting = int(in_celery) + int(in_backlogs or 0)
         if waiting >= s.runs_queue_limit:
-            raise BusyError(f"{waiting} runs are waiting for a worker (limit {s.runs_queue_limit}); retry later", 5)
+            raise BusyError(
+                f"{waiting} runs are waiting for a worker (limit {s.runs_queue_limit}); retry later", 5, "runs_queue"
+            )
         inflight = await self.store.count_inflight(tenant)
         if inflight >= s.tenant_inflight_limit:
             raise BusyError(
                 f"this tenant has {inflight} runs pending or running (limit {s.tenant_inflight_limit}); "
                 "retry once some have ended",
                 2,
+                "tenant_runs",
             )
         wait_ms = int(
             await self.redis.script(_TAKE_TOKEN)(
@@ -65,4 +68,5 @@ class Admission:
             raise BusyError(
                 f"this tenant starts more than {s.tenant_rate_per_s:g} runs per second; retry shortly",
                 max(1, math.ceil(wait_ms / 1000)),
+                "tenant_rate",
             )

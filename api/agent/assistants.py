@@ -13,7 +13,7 @@ from api.agent.schemas import AssistantSearch
 from api.agent.views import ASSISTANT_ID, assistant_view, json_response
 from api.auth import Tenant
 from core.errors import NotFoundError
-from graphs.runner import GRAPH_NAME
+from graphs.orchestration import GRAPH_NAME
 
 router = APIRouter(tags=["assistants"])
 

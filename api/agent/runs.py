@@ -31,6 +31,7 @@ from core.errors import ConflictError, InvalidInputError, NotFoundError
 from graphs.events import END, sse_comment, sse_event
 from graphs.runner import thread_config
 from graphs.runs import FINAL, PENDING, RUNNING, RunRecord
+from observability.instruments import SSE_STREAMS
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["runs"])
@@ -197,8 +198,9 @@ async def _sse(
     agent: AgentApi, run: RunRecord, after: str, only: set[str] | None, cancel_on_disconnect: bool
 ) -> AsyncIterator[bytes]:
     metadata = {"run_id": run.run_id, "thread_id": run.thread_id, "attempt": 1, "trace_id": run.trace_id}
-    yield sse_event("metadata", metadata)
+    SSE_STREAMS.inc()
     try:
+        yield sse_event("metadata", metadata)
         async for batch in agent.hub.follow(run.run_id, after, agent.settings.heartbeat_s):
             if batch is None:  # quiet: a heartbeat keeps proxies from closing the stream
                 yield sse_comment("heartbeat")
@@ -220,6 +222,8 @@ async def _sse(
             _cancellations.add(task)
             task.add_done_callback(_cancellations.discard)
         raise
+    finally:
+        SSE_STREAMS.dec()
     # Any other failure (Redis gone) cuts the connection on purpose: the SDK reconnects with Last-Event-ID and
     # misses nothing, where an `error` event would end its stream.
 

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi.responses import Response
 
 from graphs.events import to_json
-from graphs.runner import GRAPH_NAME, checkpoint_thread
+from graphs.orchestration import GRAPH_NAME
+from graphs.runner import checkpoint_thread
 from graphs.runs import RunRecord, ThreadRecord
 
 # The one graph's assistant id is stable across processes and deployments (a uuid5 of its name).

@@ -64,7 +64,9 @@ def test_worker_task_span_joins_the_producer_trace(celery_worker: WorkerHandle, 
     tracing.flush()
 
     [producer_span] = [s for s in exporter.get_finished_spans() if s.name == "request"]
+    [send_span] = [s for s in exporter.get_finished_spans() if s.name == "send orchestrion.ping"]
     assert answer["trace_id"] == trace_id  # the task ran inside the producer's trace
+    assert send_span.parent is not None and send_span.parent.span_id == producer_span.context.span_id
     [task_span] = otlp.wait_for(lambda s: s.trace_id == trace_id and s.name == "task orchestrion.ping")
-    assert task_span.parent_span_id == format(producer_span.context.span_id, "016x")
+    assert task_span.parent_span_id == format(send_span.context.span_id, "016x")  # under the enqueue
     assert task_span.service == "orchestrion-worker"
