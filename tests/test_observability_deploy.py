@@ -227,17 +227,83 @@ def test_prometheus_image_is_the_release_promtool_checks_against(compose_service
     assert image == f"prom/prometheus:v{release[1]}.{int(release[2])}.{release[3]}"
 
 
-def test_every_dashboard_query_parses_with_promtool(promtool: Path, tmp_path: Path) -> None:
-    """Each query becomes a recording rule, which promtool parses as Prometheus would."""
+def dashboard_rules(rules_file: Path) -> list[dict[str, str]]:
+    """Write every dashboard query as a recording rule `dashboard:panel_<id>:<refId>`, as Prometheus takes it."""
     rules = [
-        {"record": f"dashboard:query_{i}", "expr": as_promql(expr), "labels": {"panel": title}}
-        for i, (title, expr) in enumerate(queries(json.loads(DASHBOARD.read_text())))
+        {"record": f"dashboard:panel_{panel['id']}:{target['refId']}", "expr": as_promql(target["expr"])}
+        for panel in panels(json.loads(DASHBOARD.read_text()))
+        for target in panel.get("targets", [])
     ]
-    assert len(rules) >= len(REQUIRED_PANELS)
-    rules_file = tmp_path / "dashboard-rules.yml"
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    output = _run_promtool(promtool, "check", "rules", str(rules_file))
+    return rules
+
+
+def test_every_dashboard_query_parses_with_promtool(promtool: Path, tmp_path: Path) -> None:
+    rules = dashboard_rules(tmp_path / "dashboard-rules.yml")
+    assert len(rules) >= len(REQUIRED_PANELS)
+    output = _run_promtool(promtool, "check", "rules", str(tmp_path / "dashboard-rules.yml"))
     assert f"SUCCESS: {len(rules)} rules found" in output
+
+
+def _series(name: str, values: str, **labels: str) -> dict[str, str]:
+    return {"series": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}", "values": values}
+
+
+def test_dashboard_queries_compute_their_titles_over_several_processes(promtool: Path, tmp_path: Path) -> None:
+    """Prometheus's own engine (`promtool test rules`) evaluates the queries over series as two processes
+    (the api and a worker) report them, every 15 s: quantiles come from buckets summed over processes,
+    a gauge read from shared state is not counted twice, gauges of live work add up."""
+    by_title = {panel["title"]: panel["id"] for panel in panels(json.loads(DASHBOARD.read_text()))}
+    dashboard_rules(tmp_path / "dashboard-rules.yml")
+    processes = ({"job": "api", "instance": "api:8400"}, {"job": "worker", "instance": "10.0.0.5:9400"})
+    inputs = []
+    for process in processes:
+        # Per 15 s: one call under 0.5 s and one between 0.5 and 1 s; so p50 = 0.5 s and p99 = 0.99 s.
+        for le, values in (("0.5", "0+1x40"), ("1", "0+2x40"), ("+Inf", "0+2x40")):
+            inputs.append(
+                _series("orchestrion_model_ttft_seconds_bucket", values, le=le, deployment="small", **process)
+            )
+        inputs.append(_series("orchestrion_queue_depth", "5x40", queue="runs", **process))
+        inputs.append(
+            _series("orchestrion_model_cost_usd_total", "0+0.25x40", tenant="acme", deployment="small", **process)
+        )
+    inputs += [
+        _series("orchestrion_sse_streams_active", "2x40", **processes[0]),
+        _series("orchestrion_sse_streams_active", "3x40", **processes[1]),
+        _series("orchestrion_http_requests_total", "0+3x40", route="/v1/runs", status="200", **processes[0]),
+        _series("orchestrion_http_requests_total", "0+1x40", route="/v1/runs", status="503", **processes[0]),
+        _series("orchestrion_run_duration_seconds_count", "0+15x40", graph="orchestration", outcome="success"),
+    ]
+    inputs += [_series("up", up, job="worker", instance=f"w{i}:9400") for i, up in enumerate(("1x40", "1x40", "0x40"))]
+
+    def expect(title: str, ref: str, value: float, **labels: str) -> dict[str, Any]:
+        # Rates are computed in floating point (119.99999999999997 for 120): compare to the thousandth.
+        expr = f"round(dashboard:panel_{by_title[title]}:{ref}, 0.001)"
+        rendered = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+        return {"expr": expr, "eval_time": "5m", "exp_samples": [{"labels": rendered, "value": value}]}
+
+    expectations = [
+        expect("TTFT p50 / p99 by deployment", "A", 0.5, deployment="small"),
+        expect("TTFT p50 / p99 by deployment", "B", 0.99, deployment="small"),
+        expect("Queue depth by queue", "A", 5, queue="runs"),  # both processes read the one broker
+        expect("Active SSE streams", "A", 5),
+        expect("HTTP 5xx share", "A", 0.25),
+        expect("Cost by tenant (USD/hour)", "A", 2 * 0.25 * 4 * 60, tenant="acme"),
+        expect("Run outcomes/s", "A", 1, outcome="success"),
+        expect("Scrape targets up by job", "A", 2, job="worker"),
+    ]
+    tests_file = tmp_path / "dashboard-tests.yml"
+    tests_file.write_text(
+        yaml.safe_dump(
+            {
+                "rule_files": ["dashboard-rules.yml"],
+                "evaluation_interval": "15s",
+                "tests": [{"interval": "15s", "input_series": inputs, "promql_expr_test": expectations}],
+            }
+        )
+    )
+    output = _run_promtool(promtool, "test", "rules", str(tests_file))
+    assert "SUCCESS" in output
 
 
 def test_dashboard_reads_only_catalogued_metrics_as_their_type_allows() -> None:
