@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,13 @@ def _compose_works(env: dict[str, str]) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def compose_env() -> Iterator[dict[str, str]]:
+def compose_environment() -> dict[str, str]:
     """An environment in which `docker compose` works: the installed plugin, or one built once from
     the Go module proxy and cached (the module's go.mod forbids `go install`, so it is built in place)."""
     assert shutil.which("docker"), "the docker client is needed to parse compose.yaml"
     env = dict(os.environ)
     if _compose_works(env):
-        yield env
-        return
+        return env
     config_dir = Settings().cache_dir / "docker"
     plugin = config_dir / "cli-plugins" / "docker-compose"
     if not plugin.is_file():
@@ -64,14 +61,24 @@ def compose_env() -> Iterator[dict[str, str]]:
         shutil.rmtree(build_dir)
     env["DOCKER_CONFIG"] = str(config_dir)
     assert _compose_works(env), f"docker compose does not run with the plugin built at {plugin}"
-    yield env
+    return env
+
+
+@pytest.fixture(scope="module")
+def compose_env() -> dict[str, str]:
+    return compose_environment()
+
+
+def copy_compose_project(dest: Path) -> Path:
+    """compose.yaml and the deploy/ files it mounts, copied where a test may add a .env."""
+    shutil.copy(REPO / "compose.yaml", dest)
+    shutil.copytree(REPO / "deploy", dest / "deploy")
+    return dest
 
 
 @pytest.fixture
 def compose_dir(tmp_path: Path) -> Path:
-    shutil.copy(REPO / "compose.yaml", tmp_path)
-    shutil.copytree(REPO / "deploy", tmp_path / "deploy")
-    return tmp_path
+    return copy_compose_project(tmp_path)
 
 
 def test_compose_file_is_valid_with_the_example_env(compose_env: dict[str, str], compose_dir: Path) -> None:
@@ -101,12 +108,13 @@ def test_compose_refuses_to_start_without_secrets(compose_env: dict[str, str], c
     assert "in .env" in result.stderr  # names the variable and where to set it
 
 
-def _resolved_services(compose_env: dict[str, str], compose_dir: Path) -> dict[str, Any]:
+def resolved_services(compose_env: dict[str, str], compose_dir: Path, **overrides: str) -> dict[str, Any]:
+    """Every service as compose resolves it with the example .env; `overrides` are set as a shell would."""
     shutil.copy(REPO / ".env.example", compose_dir / ".env")
     result = subprocess.run(
         ["docker", "compose", "--profile", "local-llm", "config", "--format", "json"],
         cwd=compose_dir,
-        env=compose_env,
+        env={**compose_env, **overrides},
         capture_output=True,
         text=True,
         timeout=120,
@@ -119,7 +127,7 @@ def _resolved_services(compose_env: dict[str, str], compose_dir: Path) -> dict[s
 def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
     compose_env: dict[str, str], compose_dir: Path
 ) -> None:
-    services = _resolved_services(compose_env, compose_dir)
+    services = resolved_services(compose_env, compose_dir)
     for name, service in services.items():
         image = service.get("image", "")
         tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
@@ -131,7 +139,7 @@ def test_every_image_is_pinned_and_every_service_has_a_healthcheck(
 
 def test_every_orchestrion_variable_in_compose_names_a_setting(compose_env: dict[str, str], compose_dir: Path) -> None:
     """A misspelt variable is silently ignored: ORCHESTRION_DATABASE_URL left compose's checkpoints in SQLite."""
-    services = _resolved_services(compose_env, compose_dir)
+    services = resolved_services(compose_env, compose_dir)
     names = {
         name
         for service in services.values()
@@ -149,3 +157,16 @@ def test_every_orchestrion_variable_in_compose_names_a_setting(compose_env: dict
                 break
             model = field.annotation
     assert not unknown, f"compose sets variables no setting reads: {unknown}"
+
+
+def test_ports_without_a_login_stay_on_localhost_whatever_publish_host_says(
+    compose_env: dict[str, str], compose_dir: Path
+) -> None:
+    """PUBLISH_HOST=0.0.0.0 opens the services that ask for a login, and only those."""
+    services = resolved_services(compose_env, compose_dir, PUBLISH_HOST="0.0.0.0")
+    bound = {(name, port["target"]): port["host_ip"] for name, s in services.items() for port in s.get("ports", [])}
+    # Prometheus's UI and API, Weaviate's admin ports and the MinIO console answer anyone who reaches them.
+    localhost_only = {("prometheus", 9090), ("weaviate", 8080), ("weaviate", 50051), ("minio", 9001)}
+    assert localhost_only <= bound.keys()
+    for key, host_ip in bound.items():
+        assert host_ip == ("127.0.0.1" if key in localhost_only else "0.0.0.0"), f"{key} binds to {host_ip}"
