@@ -4,6 +4,7 @@ the real tracing path (init_tracing's JSON-lines exporter, run observations, the
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -23,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from observability.figures import Scrape, combine, histogram_quantile, increase, parse
 from observability.instruments import LATENCY_BUCKETS
-from observability.span_file import RunTrace, run_trace
+from observability.span_file import RunTrace, records, run_trace
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,6 +286,14 @@ def write_runs(data_dir: str) -> None:
 
     tracing = init_tracing(Settings(data_dir=Path(data_dir)), "api")
 
+    async def tool(name: str, after_s: float, takes_s: float) -> None:
+        await asyncio.sleep(after_s)
+        with observe(name, as_type="tool"):
+            await asyncio.sleep(takes_s)
+
+    async def parallel_tools() -> None:  # the file has "tool quick" first: it ended first
+        await asyncio.gather(tool("tool slow", 0, 0.06), tool("tool quick", 0.02, 0.01))
+
     def run(run_id: str, execution: int, traceparent: str | None, status: str) -> None:
         with run_observation(
             graph="orchestration", run_id=run_id, thread_id=f"thread-{run_id}", tenant="acme", metadata={},
@@ -315,6 +324,7 @@ def write_runs(data_dir: str) -> None:
                             raise RuntimeError("the tool broke")
                     except RuntimeError:
                         pass
+                    asyncio.run(parallel_tools())
             if status == "error":
                 observed.observation.failed("the step failed")
             observed.observation.attributes(**{"run.status": status})
@@ -351,6 +361,9 @@ def test_trace_nests_both_executions_of_a_resumed_run_under_the_request_in_start
     assert [c.name for c in first.children] == ["plan", "step retrieve", "llm small"]
     assert [c.name for c in first.children[1].children] == ["tool search"]
     assert [c.name for c in resumed.children] == ["step execute"]
+    written = [r["name"] for r in records(traced / "traces" / "spans.jsonl") if r["name"].startswith("tool ")]
+    assert written.index("tool quick") < written.index("tool slow")  # written as they end
+    assert [c.name for c in resumed.children[0].children] == ["tool flaky", "tool slow", "tool quick"]
     tool = first.children[1].children[0]
     assert tool.record["end_ns"] - tool.record["start_ns"] >= 50_000_000
     assert first.record["end_ns"] - first.record["start_ns"] >= 100_000_000  # plan + tool + model call
@@ -364,11 +377,11 @@ def test_trace_command_prints_the_tree_with_durations_offsets_errors_and_the_mod
     tree = _tree(done.stdout)
     assert [name for _, name, _ in tree] == [
         "POST /v1/threads/{thread_id}/runs", "run orchestration", "plan", "step retrieve", "tool search",
-        "llm small", "run orchestration", "step execute", "tool flaky",
+        "llm small", "run orchestration", "step execute", "tool flaky", "tool slow", "tool quick",
     ]  # fmt: skip
     depth = [d for d, _, _ in tree]
     assert depth[0] < depth[1] < depth[2] == depth[3] == depth[5] < depth[4]  # tool search is under its step
-    assert depth[6] == depth[1] and depth[7] == depth[2] and depth[8] == depth[4]
+    assert depth[6] == depth[1] and depth[7] == depth[2] and depth[8] == depth[9] == depth[10] == depth[4]
     lines = {(i, name): line for i, (_, name, line) in enumerate(tree)}
     tool = lines[4, "tool search"]
     assert "server retrieval" in tool
