@@ -243,6 +243,7 @@ def config() -> None:
 
 def main() -> None:
     import orchestrion.cli_knowledge
+    import orchestrion.cli_observe
     import orchestrion.cli_routing  # noqa: F401 - likewise
 
     try:
