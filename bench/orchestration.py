@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,27 +33,15 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from agents.budgets import server_budgets
-from agents.deps import AgentDeps
 from agents.state import RunContext, run_input
 from bench._report import ERR, OUT, machine_note, percentile, progress, table, verdict
+from bench._rig import PLAN, QUESTION, open_rig, private_redis, scratch, timed_runs
 from core.settings import AgentSettings, Settings
-from graphs.checkpointer import open_checkpointer
-from graphs.runner import Runner
-from graphs.runs import RunStore
 from observability.tracing import init_tracing
 from orchestrion.launcher import services
 from orchestrion.launcher.ports import PortBook
 from orchestrion.launcher.supervisor import launch
-from routing.redis_loop import LoopRedis
-from tests.graphs.scripted import Script, ToolLog, hit, scripted_factory, test_tools
-from tools.toolbox import Toolbox
 
-PLAN = {
-    "steps": [
-        {"id": "s1", "kind": "retrieve", "goal": "find it", "query": "okapi"},
-        {"id": "s2", "kind": "answer", "goal": "answer", "depends_on": ["s1"]},
-    ]
-}
 CONCURRENT = 100
 
 
@@ -107,12 +93,10 @@ async def measure(
         task = bar.add_task("sequential runs", total=rounds * per_round * len(kinds), detail="")
         for _ in range(rounds):
             for kind, one in kinds.items():
-                for _ in range(per_round):
-                    started, cpu_started = time.perf_counter(), time.process_time()
-                    await one()
-                    times[kind].append(time.perf_counter() - started)
-                    cpu[kind] += time.process_time() - cpu_started
-                    bar.advance(task)
+                block, block_cpu = await timed_runs(one, per_round)
+                times[kind] += block
+                cpu[kind] += block_cpu
+                bar.advance(task, per_round)
     return times, {k: cpu[k] / len(times[k]) for k in kinds}
 
 
@@ -130,39 +114,23 @@ async def concurrently(one: Callable[[], Awaitable[None]], n: int) -> tuple[list
 async def bench(redis_url: str, root: Path, quick: bool) -> bool:
     settings = Settings(data_dir=root / "app", agents=AgentSettings())
     tracing = init_tracing(settings, "bench")
-    log = ToolLog(hits=[hit("zoo/okapi", 0, 0.9, "The okapi lives in the Ituri rainforest.", "Okapi")])
-    toolbox = Toolbox({"tools": test_tools(log)}, {})
-    script = Script().on("plan", PLAN).on("answer", "Okapis live in the rainforest [1].")
-
-    async def plans(_: str) -> bool:
-        return True
-
-    deps = AgentDeps(scripted_factory(script), toolbox, settings.agents, plans)
-    store = RunStore(LoopRedis(redis_url), f"bench-{uuid.uuid4().hex[:6]}", 3600)
-    (root / "app").mkdir(parents=True, exist_ok=True)
     # The product's SQLite settings, for both graphs.
-    async with open_checkpointer(settings) as saver, anyio.create_task_group() as group:
-        group.start_soon(toolbox.serve)
-        await toolbox.ready()
-        runner, bare = Runner(deps, store, saver, settings.agents), bare_graph(saver)
+    async with open_rig(settings, redis_url) as rig:
+        runner, bare = rig.runner, bare_graph(rig.saver)
 
         async def run_bare() -> None:
             config = {"configurable": {"thread_id": uuid.uuid4().hex}}
-            await bare.ainvoke({"messages": ["What about okapis?"]}, config, durability="sync")
+            await bare.ainvoke({"messages": [QUESTION]}, config, durability="sync")
 
         async def run_graph() -> None:
             run_id = uuid.uuid4().hex
             config: Any = {"configurable": {"thread_id": run_id}}
             context = RunContext("bench", run_id, run_id, server_budgets(settings.agents))
             await runner.graph.ainvoke(
-                run_input("What about okapis?", run_id, time.time()), config, context=context, durability="sync"
+                run_input(QUESTION, run_id, time.time()), config, context=context, durability="sync"
             )
 
-        async def run_full() -> None:
-            done = await runner.ask("bench", "What about okapis?")
-            assert done.status == "success" and done.citations, done
-
-        kinds = {"bare": run_bare, "graph": run_graph, "run": run_full}
+        kinds = {"bare": run_bare, "graph": run_graph, "run": rig.ask}
         for one in kinds.values():  # warm-up: imports, prepared statements, the first MCP call
             for _ in range(5):
                 await one()
@@ -172,7 +140,6 @@ async def bench(redis_url: str, root: Path, quick: bool) -> bool:
         for kind, one in kinds.items():
             ERR.print(f"{CONCURRENT} {kind} runs at once…")
             conc[kind] = await concurrently(one, CONCURRENT)
-        toolbox.close()
     tracing.shutdown()
     return report(seq, cpu, conc)
 
@@ -244,7 +211,7 @@ async def real_ask() -> None:
         try:
             rag = deployment.open_rag()
             provision(rag, "bench")
-            ingest_files(rag, "bench", files_under([sample_corpus()]), ERR)
+            ingest_files(rag, "bench", files_under([sample_corpus()], settings.rag.max_document_bytes).files, ERR)
             settings.models.local_llm_url = spec.urls["llm_base_url"]
             async with open_host(settings, "api", recover_runs=False) as host:
                 runner = host.require_runner()
@@ -278,18 +245,11 @@ def main() -> None:
     parser.add_argument("--ask", action="store_true", help="also time one real ask on the embedded stack")
     args = parser.parse_args()
     OUT.print(f"# bench.orchestration · {machine_note()}")
-    root = Path(tempfile.mkdtemp(prefix="orch-bench-orch-"))
-    try:
-        spec = services.redis_spec(Settings(data_dir=root), PortBook(root))
-        redis = launch(spec, root / "logs", ERR)
-        try:
-            anyio.run(bench, spec.urls["redis_url"], root, args.quick)
-        finally:
-            redis.stop()
+    with scratch("orch-bench-orch-") as root:
+        with private_redis(root) as redis_url:
+            anyio.run(bench, redis_url, root, args.quick)
         if args.ask:
             anyio.run(real_ask)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
