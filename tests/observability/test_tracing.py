@@ -6,6 +6,8 @@ import json
 import uuid
 from pathlib import Path
 
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from core.settings import Settings
@@ -57,6 +59,9 @@ def test_langfuse_keys_send_spans_to_the_langfuse_otel_endpoint(tmp_path: Path, 
 def test_worker_task_span_joins_the_producer_trace(celery_worker: WorkerHandle, otlp: OtlpReceiver) -> None:
     exporter = InMemorySpanExporter()
     tracing = init_tracing(celery_worker.settings, "producer", span_exporter=exporter)
+    shared = trace.get_tracer_provider()  # the process's first provider: the one the send span is made with
+    if shared is not tracing.provider:
+        shared.add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
     instrument_producer()
     with tracing.langfuse.start_as_current_observation(name="request") as request_span:
         trace_id = request_span.trace_id
