@@ -24,7 +24,7 @@ class RequestObserver:
             return
         started = time.perf_counter()
         trace_id = current_trace_id()  # read now: the span is current here, not always in the send callback
-        status = 500
+        status = 499  # no answer began: the client went away (nginx's code), not a server error
 
         async def observed_send(message: Message) -> None:
             nonlocal status

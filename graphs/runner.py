@@ -99,13 +99,13 @@ def _outcome(run: RunRecord) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _count_run(run: RunRecord, seconds: float) -> None:
+def _count_run(run: RunRecord, seconds: float, steps: float) -> None:
     """One execution of a run (a resumed run counts again: each is time spent on workers)."""
     from observability.instruments import RUN_DURATION, RUN_INTERRUPTS, RUN_STEPS  # after a worker's setup
 
     outcome = CANCELLED if run.cancel_reason else run.status
     RUN_DURATION.labels(GRAPH_NAME, outcome).observe(seconds)
-    RUN_STEPS.labels(GRAPH_NAME, outcome).observe(run.usage.get("steps", 0))
+    RUN_STEPS.labels(GRAPH_NAME, outcome).observe(steps)
     if run.status == INTERRUPTED and not run.cancel_reason:
         RUN_INTERRUPTS.labels(GRAPH_NAME).inc()
 
@@ -273,7 +273,7 @@ class Runner:
             graph=GRAPH_NAME, run_id=run.run_id, thread_id=run.thread_id, tenant=run.tenant, metadata=run.metadata,
             question=run.question, traceparent=run.trace_parent, execution=run.executions + 1,
         ) as observed:  # fmt: skip
-            began = time.perf_counter()
+            began, steps_before = time.perf_counter(), run.usage.get("steps", 0)
             try:
                 await self.deps.toolbox.ready()  # a process just started: its MCP servers are still connecting
                 if resume is not None:  # an approval: kept until the run settles, for a resume after a crash
@@ -307,7 +307,7 @@ class Runner:
                 observed.observation.failed(done.error)
             observed.observation.attributes(**{"run.status": done.status, "run.plan_source": done.plan_source})
             observed.finish(done.status, _outcome(done))
-            _count_run(done, time.perf_counter() - began)
+            _count_run(done, time.perf_counter() - began, done.usage.get("steps", 0) - steps_before)
             return done
 
     async def _input(self, run: RunRecord, config: Any, resume: Any) -> Any:

@@ -83,7 +83,8 @@ def recent_runs(path: Path, limit: int) -> list[RunSummary]:
         run_id = _attributes(record).get(RUN_ID)
         if not isinstance(run_id, str):
             continue
-        start = record.get("start_ns") or 0
+        start = record.get("start_ns")
+        start = start if isinstance(start, int) else 0  # another exporter's file may hold anything
         tiers = metadata(record, "tiers")
         run = runs.get(run_id)
         if run is None:
@@ -114,7 +115,8 @@ class SpanNode:
 
     @property
     def start_ns(self) -> int:
-        return int(self.record.get("start_ns") or 0)
+        start = self.record.get("start_ns")
+        return start if isinstance(start, int) else 0
 
 
 @dataclass
@@ -133,11 +135,13 @@ def run_trace(path: Path, run_id: str) -> RunTrace | None:
     for record in records(path):
         if _attributes(record).get(RUN_ID) == run_id:
             executions += 1
-            if record.get("trace_id") not in trace_ids:
-                trace_ids.append(str(record.get("trace_id")))
-    if not trace_ids:
+            trace_id = record.get("trace_id")
+            if isinstance(trace_id, str) and trace_id not in trace_ids:
+                trace_ids.append(trace_id)
+    nodes = {r["span_id"]: SpanNode(r) for r in records(path)
+             if r.get("trace_id") in trace_ids and isinstance(r.get("span_id"), str)}  # fmt: skip
+    if not nodes:
         return None
-    nodes = {r["span_id"]: SpanNode(r) for r in records(path) if r.get("trace_id") in trace_ids}
     roots: list[SpanNode] = []
     for node in nodes.values():
         parent = nodes.get(node.record.get("parent_id") or "")

@@ -208,13 +208,12 @@ def test_prometheus_config_passes_promtool(promtool: Path) -> None:
 def test_prometheus_scrapes_api_mcp_and_every_worker_replica(compose_services: dict[str, Any]) -> None:
     jobs = {job["job_name"]: job for job in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]}
     assert set(jobs) == {"api", "mcp", "worker"}
+    # A static target would reach one replica of `--scale api=N` / `worker=N`; an A-record lookup reaches each.
+    for job, port in (("api", 8400), ("mcp", 8401), ("worker", 9400)):
+        assert jobs[job]["dns_sd_configs"] == [{"names": [job], "type": "A", "port": port, "refresh_interval": "15s"}]
+        assert "static_configs" not in jobs[job]
     for job, port in (("api", 8400), ("mcp", 8401)):
-        assert jobs[job]["static_configs"] == [{"targets": [f"{job}:{port}"]}]
         assert port in {p["target"] for p in compose_services[job]["ports"]}, f"{job} does not listen on {port}"
-    # A static worker:9400 would reach one replica of `--scale worker=N`; an A-record lookup reaches each.
-    assert jobs["worker"]["dns_sd_configs"] == [
-        {"names": ["worker"], "type": "A", "port": 9400, "refresh_interval": "15s"}
-    ]
     worker = compose_services["worker"]
     assert worker["environment"]["ORCHESTRION_CELERY__METRICS_PORT"] == "9400"
     assert "9400" in worker["expose"]

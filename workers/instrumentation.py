@@ -43,18 +43,22 @@ class _TaskTracer:
 
         queue = _queue_of(task)
         sent_at = getattr(task.request, SENT_AT, None)
-        if isinstance(sent_at, int | float):
-            TASK_WAIT.labels(task.name, queue).observe(max(0.0, time.time() - sent_at))
         if (getattr(task.request, "delivery_info", None) or {}).get("redelivered"):
-            TASK_REDELIVERIES.labels(task.name, queue).inc()
+            TASK_REDELIVERIES.labels(task.name, queue).inc()  # its send time is its first send: no wait figure
+        elif isinstance(sent_at, int | float):
+            TASK_WAIT.labels(task.name, queue).observe(max(0.0, time.time() - sent_at))
         stack = ExitStack()
         carrier = {name: getattr(task.request, name, None) for name in TRACE_HEADERS}
         stack.enter_context(attached_from(carrier))
-        if self.tracing is not None:
-            span: AbstractContextManager[Any] = self.tracing.langfuse.start_as_current_observation(
-                name=f"task {task.name}", metadata={"task_id": task_id, "queue": queue}
-            )
-            stack.enter_context(span)
+        try:
+            if self.tracing is not None:
+                span: AbstractContextManager[Any] = self.tracing.langfuse.start_as_current_observation(
+                    name=f"task {task.name}", metadata={"task_id": task_id, "queue": queue}
+                )
+                stack.enter_context(span)
+        except BaseException:
+            stack.close()  # Celery swallows a signal handler's error: the attached context must not outlive it
+            raise
         self._open[task_id] = (stack, time.perf_counter())
 
     def after_run(self, task_id: str, task: Any, state: str | None = None, **_: Any) -> None:

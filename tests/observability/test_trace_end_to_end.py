@@ -42,6 +42,7 @@ class Asked:
     first_token_ns: int
     events: list[str]
     secrets: list[str]
+    metrics: dict[str, str]  # process -> its /metrics text, scraped once the run ended
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def asked(
     started: list[Any] = []
     rag, _queue = open_rag_with_queue(settings_from(env))
     try:
-        worker, _handle = start_worker({**env, "ORCHESTRION_AGENTS__SERVERS_FILE": _servers(home, None, "")}, logs)
+        worker, handle = start_worker({**env, "ORCHESTRION_AGENTS__SERVERS_FILE": _servers(home, None, "")}, logs)
         started.append(worker)
         tenant = f"t-{uuid.uuid4().hex[:10]}"
         provision(rag, tenant)
@@ -102,7 +103,16 @@ def asked(
         ), logs, CONSOLE))  # fmt: skip
 
         run, header_trace_id, first_token_ns, events = _stream_one_run(api_url, token)
-        yield Asked(run, run["trace_id"], header_trace_id, first_token_ns, events, [token, LANGFUSE_SECRET])
+        scraped = {
+            name: httpx.get(url, timeout=30).text
+            for name, url in [
+                ("api", f"{api_url}/metrics"),
+                ("mcp", f"{mcp_url}/metrics"),
+                ("worker", handle.metrics_url),
+            ]
+        }
+        yield Asked(run, run["trace_id"], header_trace_id, first_token_ns, events, [token, LANGFUSE_SECRET],
+                    scraped)  # fmt: skip
     finally:
         for process in reversed(started):
             process.stop()
@@ -291,3 +301,42 @@ def _iso_ns(value: str) -> int:
 
     moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return int(moment.timestamp() * 1e9)
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}  # fmt: skip
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """The sum over the series of `name` whose labels include `labels` (absent: 0)."""
+    wanted = set(labels.items())
+    return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
+
+
+def test_the_same_run_is_in_each_processs_metrics_by_the_catalogues_names(asked: Asked) -> None:
+    api, mcp, worker = (_samples(asked.metrics[p]) for p in ("api", "mcp", "worker"))
+    stream_route = {"route": "/threads/{thread_id}/runs/stream", "status": "200"}
+    assert _value(api, "orchestrion_http_request_duration_seconds_count", method="POST", **stream_route) == 1
+    assert _value(api, "orchestrion_http_in_flight") == 1  # the scrape itself
+    assert _value(api, "orchestrion_sse_streams_active") == 0  # the stream ended
+    assert _value(api, "orchestrion_run_duration_seconds_count", graph="orchestration", outcome="success") == 1
+    assert _value(api, "orchestrion_run_steps_sum", graph="orchestration", outcome="success") == 3
+    tier = {"tier": "large"}
+    assert _value(api, "orchestrion_model_ttft_seconds_count", **tier) >= 1
+    assert _value(api, "orchestrion_model_latency_seconds_count", **tier) >= 1
+    assert _value(api, "orchestrion_model_tokens_total", direction="out", **tier) > 1
+    assert _value(api, "orchestrion_model_tokens_per_second_count", **tier) >= 1
+    assert ("orchestrion_model_circuit_open", frozenset()) not in api  # per deployment, read from Redis
+    assert any(n == "orchestrion_model_circuit_open" for n, _ in api)
+    assert any(n == "orchestrion_model_cost_usd_total" for n, _ in api)
+    assert _value(api, "orchestrion_queue_depth", queue="tools") == 0
+    # The standalone MCP server answered the search over HTTP, and says so on its own /metrics.
+    assert _value(mcp, "orchestrion_http_requests_total", route="/mcp", status="200") >= 1
+    # The worker ran the long tool: its wait in the queue and its run time, by task and queue.
+    task = {"task": "orchestrion.tools.call", "queue": "tools"}
+    assert _value(worker, "orchestrion_celery_task_wait_seconds_count", **task) == 1
+    assert _value(worker, "orchestrion_celery_task_duration_seconds_sum", **task) >= 1.0
+    assert _value(worker, "orchestrion_celery_tasks_total", task="orchestrion.tools.call", state="SUCCESS") == 1
